@@ -1,0 +1,517 @@
+"""Typed, frozen configuration for the ``acodm:`` block of a GPT-NeoX / Megatron YAML.
+
+The block is parsed once, at the boundary, into the dataclasses below; no raw dict travels
+further. Every field carries its documentation in ``metadata["doc"]`` (the README's config
+reference is generated from it by ``neox-acodm check-config --reference``) and, for numbers,
+its allowed range in ``metadata["range"]``. Errors are :class:`ConfigError` (a ``ValueError``)
+whose one-line message starts with the dotted key path, e.g.::
+
+    acodm.agent.gamma: must be in [0, 1), got 1.5
+    acodm.agent.gama: unknown key; did you mean 'gamma'? (valid: batch_size, buffer_size, ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+__all__ = [
+    "ACODMConfig",
+    "AgentConfig",
+    "ConfigError",
+    "DomainSpec",
+    "ODMConfig",
+    "ParamSelector",
+    "ProxyConfig",
+    "RewardConfig",
+    "SamplingConfig",
+    "StateConfig",
+    "load_config",
+    "parse_config",
+    "config_reference",
+]
+
+
+class ConfigError(ValueError):
+    """A bad ``acodm`` value; the message starts with the dotted key path."""
+
+
+def _f(default: Any = dataclasses.MISSING, doc: str = "", rng: tuple | None = None, factory=None):
+    """Declare a documented field; ``rng`` = (lo, hi, lo_inclusive, hi_inclusive), None = open."""
+    meta = {"doc": doc}
+    if rng is not None:
+        meta["range"] = rng
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Dataclasses
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """One data domain: a name and the data prefixes NeoX/Megatron read for it."""
+
+    name: str = _f(doc="Unique domain name, used in logs (`acodm/weight/<name>`) and checkpoints.")
+    train_path: str | None = _f(
+        None, doc="Indexed-dataset prefix (`.bin/.idx` without extension) of the training data; "
+        "must equal the matching entry of NeoX `train_data_paths` when used with NeoX."
+    )
+    valid_path: str | None = _f(None, doc="Indexed-dataset prefix of the validation data (optional).")
+    weight: float | None = _f(
+        None, doc="Initial sampling weight (any positive scale; normalised). Used when "
+        "`initial_weights` is `config`.", rng=(0.0, None, False, None)
+    )
+
+
+@dataclass(frozen=True)
+class ParamSelector:
+    """Selects weight tensors by module role and layer position, never by full parameter name.
+
+    Modules whose qualified name matches ``module`` are ordered by the last numeric component of their
+    name (the layer index in every NeoX / Hugging Face / Megatron naming), then ``layers``
+    picks among them with Python indexing.
+    """
+
+    module: str = _f(
+        "mlp_out", doc="Role alias (`mlp_out`, `mlp_in`, `attn_out`, `attn_qkv`) or a regular "
+        "expression searched in the module's qualified name."
+    )
+    layers: tuple[int, ...] | str = _f(
+        (-1, -3, -5), doc="Layer positions among the matches: a list of Python indices "
+        "(`[-1, -3, -5]`), a slice string (`'::2'`), `all`, or `first_and_even` (layer 0 and "
+        "every even 1-based layer, the paper's norm-layer choice)."
+    )
+    param: str = _f("weight", doc="Parameter name inside the module (`weight` or `bias`).")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How weights become the domains of a step's micro-batches."""
+
+    min_microbatches_per_domain: int = _f(
+        0, doc="Floor: every domain gets at least this many micro-batches per global step "
+        "(the reference code's `domain_num`, 1 there). Needs K*floor <= dp*grad_accum.",
+        rng=(0, None, True, None),
+    )
+    min_weight: float = _f(
+        0.0, doc="Every weight is clipped to at least this value before renormalising.",
+        rng=(0.0, 1.0, True, False),
+    )
+    max_weight: float = _f(
+        1.0, doc="Cap on any single weight; per-domain datasets are sized for it "
+        "(N * max_weight samples).", rng=(0.0, 1.0, False, True)
+    )
+
+
+@dataclass(frozen=True)
+class ODMConfig:
+    """ODM baseline (Albalak et al. 2023): Exp3 over domains with the training loss as reward."""
+
+    variant: Literal["paper", "smoothed_mean", "exp3"] = _f(
+        "paper", doc="`paper`: importance-weighted EMA of the loss in a Gibbs policy with "
+        "eps_{t-1} temperature; `smoothed_mean`: the ODM repo's EMA of exp(loss), linear "
+        "normalisation; `exp3`: the repo's cumulative importance-weighted reward."
+    )
+    smoothing: float = _f(0.9, doc="EMA factor alpha of the reward estimate.", rng=(0.0, 1.0, True, False))
+    reward_scale: float = _f(
+        1.0, doc="Multiplier on the loss before it enters the estimate (the repo's exp3 uses 0.1).",
+        rng=(0.0, None, False, None),
+    )
+    warmup_steps: int = _f(
+        0, doc="Steps that sample with the initial weights before the bandit starts; t counts "
+        "from the end of warm-up.", rng=(0, None, True, None)
+    )
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """The gradient-alignment reward of AC-ODM."""
+
+    mode: Literal["paper", "reference"] = _f(
+        "paper", doc="`paper`: importance-corrected EMA of the scale-free alignment, scalar "
+        "reward sum_i a_i r_i and scalar critic. `reference`: the reference code's z-scored "
+        "vector reward and vector critic (with its defects fixed)."
+    )
+    params: ParamSelector = _f(
+        factory=ParamSelector, doc="Weight tensors whose per-domain gradients form the reward "
+        "(default: MLP output projection of layers -1, -3, -5)."
+    )
+    estimator: Literal["exact", "sketch"] = _f(
+        "exact", doc="`exact`: dense per-domain gradient buffer [K, P]; `sketch`: count-sketch "
+        "[K, sketch_dim] (unbiased inner products, O(P) per micro-batch, all-reducible)."
+    )
+    sketch_dim: int = _f(16384, doc="Count-sketch width k.", rng=(1, None, True, None))
+    sketch_seed: int = _f(0, doc="Seed of the count-sketch hashes (identical on every rank).")
+    ema: float = _f(0.9, doc="xi, the EMA factor of the paper's reward (not given by the paper).",
+                    rng=(0.0, 1.0, True, False))
+    importance_correction: bool = _f(True, doc="Divide the alignment by the domain's sampling "
+                                     "probability (paper).")
+    clip: float = _f(10.0, doc="Clip of the normalised alignment (paper mode) / of W/mean|g| "
+                     "(reference mode, where the code used 999).", rng=(0.0, None, False, None))
+    backend: Literal["auto", "ext", "torch"] = _f(
+        "auto", doc="Kernel backend for accumulation/Gram (`NEOX_ACODM_OPS` overrides)."
+    )
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """The agent's observation."""
+
+    norm_params: ParamSelector = _f(
+        factory=lambda: ParamSelector(layers="first_and_even"),
+        doc="Weight tensors whose norms and update norms enter the state.",
+    )
+    normalize: Literal["zscore", "none"] = _f(
+        "zscore", doc="Per-group z-scoring across domains/layers (keeps the state scale-free, "
+        "which proxy transfer relies on)."
+    )
+    update_norm: Literal["exact", "norm_change"] = _f(
+        "norm_change", doc="`exact`: ||W_t - W_{t-1}|| (keeps a device copy of the norm "
+        "layers); `norm_change`: | ||W_t|| - ||W_{t-1}|| | (no copy)."
+    )
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """DDPG actor-critic."""
+
+    hidden_dim: int = _f(1024, doc="Width of actor and critic MLPs.", rng=(1, None, True, None))
+    num_layers: int = _f(5, doc="Linear-LayerNorm-ReLU blocks per net.", rng=(1, None, True, None))
+    gamma: float = _f(0.95, doc="Discount.", rng=(0.0, 1.0, True, False))
+    tau: float = _f(0.001, doc="Soft target update rate.", rng=(0.0, 1.0, False, True))
+    actor_lr: float = _f(1e-4, doc="Peak actor learning rate (AdamW).", rng=(0.0, None, False, None))
+    critic_lr: float = _f(1e-3, doc="Peak critic learning rate (AdamW).", rng=(0.0, None, False, None))
+    min_lr_ratio: float = _f(0.1, doc="Final LR as a fraction of the peak.", rng=(0.0, 1.0, True, True))
+    lr_warmup_steps: int = _f(0, doc="Linear LR warm-up, in agent updates.", rng=(0, None, True, None))
+    lr_decay: Literal["cosine", "linear", "constant"] = _f("cosine", doc="LR decay after warm-up.")
+    weight_decay: float = _f(0.0, doc="AdamW decoupled weight decay.", rng=(0.0, None, True, None))
+    grad_clip: float = _f(1.0, doc="Gradient-norm clip per net (0 disables).", rng=(0.0, None, True, None))
+    batch_size: int = _f(32, doc="Replay mini-batch.", rng=(1, None, True, None))
+    buffer_size: int = _f(10000, doc="Replay capacity (FIFO ring).", rng=(1, None, True, None))
+    updates_per_step: int = _f(1, doc="Agent updates per LM step.", rng=(0, None, True, None))
+    warmup_steps: int = _f(
+        833, doc="LM steps during which the behaviour policy replaces the actor (paper: 833).",
+        rng=(0, None, True, None),
+    )
+    warmup_policy: Literal["prior_noise", "odm"] = _f(
+        "prior_noise", doc="Behaviour during warm-up: `prior_noise` = initial weights + N(0, "
+        "warmup_noise_std) (paper); `odm` = the ODM bandit (reference code)."
+    )
+    warmup_noise_std: float = _f(0.02, doc="Std of the warm-up weight noise.", rng=(0.0, None, True, None))
+    exploration_std: float = _f(
+        0.01, doc="Std of Gaussian noise added to the actor's weights after warm-up.",
+        rng=(0.0, None, True, None),
+    )
+    device: str = _f("auto", doc="Agent device on rank 0: `auto` (the model's), `cpu`, `cuda`.")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Proxy mode: learn the policy on a small model, transfer it frozen to a large one."""
+
+    role: Literal["none", "source", "target"] = _f(
+        "none", doc="`source`: train normally and export the policy to `policy_path`; "
+        "`target`: load the policy frozen and compute no rewards (no gradient capture)."
+    )
+    policy_path: str | None = _f(None, doc="Policy file written (source) or read (target).")
+
+
+@dataclass(frozen=True)
+class ACODMConfig:
+    """The whole ``acodm:`` block."""
+
+    domains: tuple[DomainSpec, ...] = _f(doc="Ordered list of domains (required).")
+    mixer: Literal["static", "odm", "acodm"] = _f("acodm", doc="Mixing method.")
+    seed: int = _f(1234, doc="Seed of the step plan, cursors, exploration and agent init.")
+    total_steps: int | None = _f(
+        None, doc="T, for the progress feature and LR schedules; NeoX/Megatron fill it from "
+        "`train_iters` when absent.", rng=(1, None, True, None)
+    )
+    initial_weights: Literal["auto", "config", "uniform", "tokens"] = _f(
+        "auto", doc="`config`: the domains' `weight`; `uniform`; `tokens`: proportional to "
+        "training tokens (natural mix); `auto`: `config` if every domain has a weight, else uniform."
+    )
+    sampling: SamplingConfig = _f(factory=SamplingConfig, doc="See `acodm.sampling.*`.")
+    odm: ODMConfig = _f(factory=ODMConfig, doc="See `acodm.odm.*`.")
+    agent: AgentConfig = _f(factory=AgentConfig, doc="See `acodm.agent.*`.")
+    reward: RewardConfig = _f(factory=RewardConfig, doc="See `acodm.reward.*`.")
+    state: StateConfig = _f(factory=StateConfig, doc="See `acodm.state.*`.")
+    proxy: ProxyConfig = _f(factory=ProxyConfig, doc="See `acodm.proxy.*`.")
+    log_interval: int = _f(1, doc="Steps between `acodm/*` metric logs.", rng=(1, None, True, None))
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def num_domains(self) -> int:
+        return len(self.domains)
+
+    @property
+    def domain_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.domains)
+
+    @property
+    def needs_rewards(self) -> bool:
+        """True when per-domain gradients must be captured (AC-ODM, not a proxy target)."""
+        return self.mixer == "acodm" and self.proxy.role != "target"
+
+    def replace(self, **changes: Any) -> "ACODMConfig":
+        """A copy with top-level fields replaced (validated again)."""
+        return parse_config(_to_plain(dataclasses.replace(self, **changes)))
+
+    def to_dict(self) -> dict:
+        return _to_plain(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(x) for x in obj]
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_range(value: float, rng: tuple, path: str) -> None:
+    lo, hi, lo_inc, hi_inc = rng
+    ok = True
+    if lo is not None:
+        ok &= value >= lo if lo_inc else value > lo
+    if hi is not None:
+        ok &= value <= hi if hi_inc else value < hi
+    if not ok:
+        left = ("[" if lo_inc else "(") + ("-inf" if lo is None else f"{lo:g}")
+        right = ("inf" if hi is None else f"{hi:g}") + ("]" if hi_inc else ")")
+        raise ConfigError(f"{path}: must be in {left}, {right}, got {value!r}")
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{path}: got {value!r}{hint} (allowed: {', '.join(map(str, allowed))})"
+            )
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _convert(arg, value, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
+        return tuple(_convert(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: must be finite, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {path}")  # programming error
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"{path}.{key}: unknown key; {hint}(valid: {', '.join(sorted(fields))})"
+            )
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{path}.{name}"
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{sub}: required key is missing")
+            continue
+        value = _convert(hints[name], data[name], sub)
+        rng = f.metadata.get("range")
+        if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            _check_range(value, rng, sub)
+        kwargs[name] = value
+    obj = cls(**kwargs)
+    _validate(obj, path)
+    return obj
+
+
+_LAYER_WORDS = ("all", "first_and_even")
+
+
+def _validate(obj: Any, path: str) -> None:
+    """Cross-field checks that a single field's type and range cannot express."""
+    if isinstance(obj, ParamSelector):
+        if isinstance(obj.layers, str) and obj.layers not in _LAYER_WORDS:
+            parts = obj.layers.split(":")
+            try:
+                if len(parts) not in (2, 3):
+                    raise ValueError
+                [int(p) for p in parts if p.strip()]
+            except ValueError:
+                raise ConfigError(
+                    f"{path}.layers: {obj.layers!r} is not a list of ints, a slice like '::2', "
+                    f"'all' or 'first_and_even'"
+                ) from None
+        if isinstance(obj.layers, tuple) and not obj.layers:
+            raise ConfigError(f"{path}.layers: must select at least one layer")
+        from .selectors import compile_module_pattern  # local: avoids an import cycle
+
+        try:
+            compile_module_pattern(obj.module)
+        except Exception as e:  # re.error
+            raise ConfigError(f"{path}.module: invalid regular expression {obj.module!r}: {e}") from None
+    elif isinstance(obj, SamplingConfig):
+        if obj.min_weight >= obj.max_weight:
+            raise ConfigError(f"{path}.min_weight: must be below max_weight ({obj.max_weight}), "
+                              f"got {obj.min_weight}")
+    elif isinstance(obj, ProxyConfig):
+        if obj.role != "none" and not obj.policy_path:
+            raise ConfigError(f"{path}.policy_path: required when proxy.role is {obj.role!r}")
+    elif isinstance(obj, ACODMConfig):
+        if not obj.domains:
+            raise ConfigError(f"{path}.domains: at least one domain is required")
+        seen: set[str] = set()
+        for i, d in enumerate(obj.domains):
+            if not d.name:
+                raise ConfigError(f"{path}.domains[{i}].name: must be a non-empty string")
+            if d.name in seen:
+                raise ConfigError(f"{path}.domains[{i}].name: duplicate domain name {d.name!r}")
+            seen.add(d.name)
+        k = len(obj.domains)
+        if obj.initial_weights == "config" and any(d.weight is None for d in obj.domains):
+            missing = [d.name for d in obj.domains if d.weight is None]
+            raise ConfigError(f"{path}.initial_weights: 'config' needs a weight on every domain; "
+                              f"missing for {missing}")
+        if obj.sampling.min_weight * k > 1.0:
+            raise ConfigError(f"{path}.sampling.min_weight: {obj.sampling.min_weight} x {k} "
+                              f"domains exceeds 1")
+        if obj.sampling.max_weight * k < 1.0:
+            raise ConfigError(f"{path}.sampling.max_weight: {obj.sampling.max_weight} x {k} "
+                              f"domains is below 1; raise it to at least {1.0 / k:.4g}")
+        if obj.proxy.role != "none" and obj.mixer != "acodm":
+            raise ConfigError(f"{path}.proxy.role: proxy mode needs mixer 'acodm', got "
+                              f"{obj.mixer!r}")
+
+
+def parse_config(block: Any, path: str = "acodm") -> ACODMConfig:
+    """Parse the ``acodm:`` mapping (already loaded from YAML/JSON) into :class:`ACODMConfig`."""
+    if isinstance(block, ACODMConfig):
+        return block
+    return _build(ACODMConfig, block, path)
+
+
+def load_config(file: str | Path) -> ACODMConfig:
+    """Load a YAML file that either *is* an ``acodm`` block or contains one at top level
+    (a NeoX YAML with an ``acodm:`` key)."""
+    file = Path(file)
+    try:
+        text = file.read_text()
+    except OSError as e:
+        raise ConfigError(f"{file}: cannot read config file ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{file}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a mapping at top level")
+    if "acodm" in data:
+        return parse_config(data["acodm"])
+    if "domains" in data:
+        return parse_config(data)
+    raise ConfigError(f"{file}: no 'acodm:' block found (add `acodm:` with at least `domains:`)")
+
+
+def config_reference() -> str:
+    """Markdown table of every key, its type, default and meaning (for the README)."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            key = f"{prefix}.{f.name}"
+            if dataclasses.is_dataclass(tp):
+                walk(tp, key)
+                continue
+            if typing.get_origin(tp) is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+                rows.append(f"| `{key}` | list | (required) | {f.metadata.get('doc', '')} |")
+                walk(typing.get_args(tp)[0], key + "[]")
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f"`{_to_plain(f.default)!r}`" if f.default is not None else "`null`"
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f"`{_to_plain(f.default_factory())!r}`"
+            else:
+                default = "(required)"
+            rng = f.metadata.get("range")
+            extra = ""
+            if rng:
+                lo, hi, li, hi_inc = rng
+                extra = f" Range {'[' if li else '('}{'-inf' if lo is None else lo}, " \
+                        f"{'inf' if hi is None else hi}{']' if hi_inc else ')'}."
+            doc = f.metadata.get("doc", "").replace("|", "\\|")
+            rows.append(f"| `{key}` | {_type_name(tp).replace('|', '/')} | {default} | {doc}{extra} |")
+
+    walk(ACODMConfig, "acodm")
+    return "\n".join(rows)

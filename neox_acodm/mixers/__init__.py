@@ -1,0 +1,25 @@
+"""Mixers behind one interface: static, ODM (Exp3) and AC-ODM (DDPG)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..config import ACODMConfig
+from .acodm import ACODMMixer
+from .base import Mixer, StepStats
+from .odm import ODMMixer, exploration_eps
+from .static import StaticMixer
+
+__all__ = ["ACODMMixer", "Mixer", "ODMMixer", "StaticMixer", "StepStats", "build_mixer",
+           "exploration_eps"]
+
+
+def build_mixer(cfg: ACODMConfig, initial_weights: np.ndarray, num_norm_layers: int,
+                total_steps: int, device: torch.device | str = "cpu") -> Mixer:
+    """The mixer named by ``cfg.mixer``."""
+    if cfg.mixer == "static":
+        return StaticMixer(initial_weights)
+    if cfg.mixer == "odm":
+        return ODMMixer(initial_weights, cfg.odm)
+    return ACODMMixer(initial_weights, cfg, num_norm_layers, total_steps, device)

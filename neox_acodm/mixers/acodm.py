@@ -1,0 +1,143 @@
+"""AC-ODM: a DDPG actor picks the next step's domain weights from the training state.
+
+Per step t (after the LM optimizer step, on the owning rank)::
+
+    s_{t+1} = state(losses, counts, norms, progress)
+    r_t     = paper:     sum_i a_t,i * rhat_i,  rhat = EMA_xi( W~_i / p_i )  (scalar)
+              reference: z(clip(W_i / mean|g|))                              (vector [K])
+    replay  <- (s_t, a_t, r_t, s_{t+1});  agent.update() x updates_per_step
+    a_{t+1} = warm-up behaviour (prior + noise, or ODM)   while t + 1 < warmup_steps
+              mu(s_{t+1}) + N(0, exploration_std)          afterwards
+              mu(s_{t+1})                                  proxy target (frozen, no reward)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from ..agent import DDPGAgent
+from ..config import ACODMConfig
+from ..rewards import RewardEMA, paper_alignment, reference_reward
+from ..state import StateBuilder, state_dim
+from .base import Mixer, StepStats
+from .odm import ODMMixer
+
+logger = logging.getLogger(__name__)
+
+
+class ACODMMixer(Mixer):
+    needs_norms = True
+
+    def __init__(self, initial_weights: np.ndarray, cfg: ACODMConfig, num_norm_layers: int,
+                 total_steps: int, device: torch.device | str = "cpu"):
+        super().__init__(initial_weights)
+        self.cfg = cfg
+        k = cfg.num_domains
+        self.target = cfg.proxy.role == "target"
+        self.needs_gram = not self.target
+        self.vector = cfg.reward.mode == "reference"
+        self.state = StateBuilder(k, num_norm_layers, total_steps, cfg.state.normalize)
+        self.agent = DDPGAgent(cfg.agent, state_dim(k, num_norm_layers), k,
+                               reward_dim=k if self.vector else 1,
+                               total_updates=max(1, total_steps * cfg.agent.updates_per_step),
+                               seed=cfg.seed, device=device)
+        self.reward_ema = RewardEMA(k, cfg.reward.ema, cfg.reward.importance_correction, cfg.reward.clip)
+        self.warmup_odm = (ODMMixer(initial_weights, cfg.odm)
+                           if cfg.agent.warmup_policy == "odm" else None)
+        self.noise = torch.Generator().manual_seed(cfg.seed + 2)
+        self.prev_state: torch.Tensor | None = None
+        self.last_reward = np.zeros(k)
+        if self.target:
+            path = cfg.proxy.policy_path
+            try:
+                policy = torch.load(path, map_location="cpu", weights_only=True)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"acodm.proxy.policy_path: {path} does not exist; run the "
+                                        f"source run (proxy.role: source) first") from None
+            self.agent.load_policy(policy, freeze=True)
+            logger.info("AC-ODM proxy target: loaded frozen policy from %s", path)
+
+    # ---------------------------------------------------------------------------------------
+    def _reward(self, stats: StepStats) -> torch.Tensor:
+        present = torch.as_tensor(stats.present)
+        if self.vector:
+            r = reference_reward(stats.gram.cpu(), self.cfg.reward.clip)
+            self.last_reward = r.numpy().astype(np.float64)
+            return r
+        w = paper_alignment(stats.gram.cpu(), present, self.cfg.reward.clip)
+        rhat = self.reward_ema.update(w, torch.as_tensor(stats.probs), present)
+        self.last_reward = rhat.numpy().astype(np.float64)
+        a = torch.as_tensor(stats.weights, dtype=torch.float32)
+        return (a * rhat).sum().reshape(1)
+
+    def _noisy(self, base: np.ndarray, std: float) -> np.ndarray:
+        if std <= 0:
+            return base
+        noise = torch.randn(base.size, generator=self.noise, dtype=torch.float64).numpy()
+        w = np.clip(base + std * noise, 0.0, None)
+        return w if w.sum() > 0 else base
+
+    def update(self, stats: StepStats) -> np.ndarray:
+        cfg = self.cfg
+        norms = stats.norms if stats.norms is not None else torch.zeros(self.state.l)
+        upd = stats.update_norms if stats.update_norms is not None else torch.zeros(self.state.l)
+        s_next = self.state.build(stats.step + 1, torch.as_tensor(stats.loss), torch.as_tensor(stats.counts),
+                                  norms, upd)
+        metrics: dict[str, float] = {}
+        if not self.target:
+            if stats.gram is None:
+                raise RuntimeError("AC-ODM needs the per-domain gradient Gram (stats.gram is None)")
+            reward = self._reward(stats)
+            metrics["reward"] = float(reward.mean())
+            if self.prev_state is not None:
+                self.agent.observe(self.prev_state, torch.as_tensor(stats.weights, dtype=torch.float32),
+                                   reward, s_next)
+            if len(self.agent.replay) >= cfg.agent.batch_size:
+                for _ in range(cfg.agent.updates_per_step):
+                    out = self.agent.update()
+                    if out:
+                        metrics.update(out)
+            if self.warmup_odm is not None:
+                behaviour = self.warmup_odm.update(stats)
+        self.prev_state = s_next
+        in_warmup = not self.target and stats.step + 1 < cfg.agent.warmup_steps
+        if in_warmup:
+            if self.warmup_odm is not None:
+                weights = behaviour
+            else:
+                weights = self._noisy(self.initial, cfg.agent.warmup_noise_std)
+        else:
+            policy = self.agent.act(s_next).numpy().astype(np.float64)
+            weights = policy if self.target else self._noisy(policy, cfg.agent.exploration_std)
+        metrics["warmup"] = float(in_warmup)
+        self.last_metrics = metrics
+        return weights
+
+    # ---------------------------------------------------------------------------------------
+    def export_policy(self, path: str) -> None:
+        """Write the actor for a proxy target run (atomic)."""
+        from ..checkpoint import atomic_save
+
+        atomic_save(self.agent.policy_state_dict(), path)
+
+    def state_dict(self) -> dict:
+        return {
+            "agent": self.agent.state_dict(), "state": self.state.state_dict(),
+            "reward_ema": self.reward_ema.state_dict(),
+            "warmup_odm": self.warmup_odm.state_dict() if self.warmup_odm else None,
+            "noise": self.noise.get_state(), "prev_state": self.prev_state,
+            "last_reward": self.last_reward.tolist(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.agent.load_state_dict(state["agent"])
+        self.state.load_state_dict(state["state"])
+        self.reward_ema.load_state_dict(state["reward_ema"])
+        if self.warmup_odm is not None:
+            self.warmup_odm.load_state_dict(state["warmup_odm"])
+        self.noise.set_state(state["noise"])
+        self.prev_state = state["prev_state"]
+        self.last_reward = np.asarray(state["last_reward"])

@@ -1,0 +1,67 @@
+"""The interface every mixer implements: weights for the next step from this step's statistics."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """Globally reduced statistics of one optimizer step (identical on every rank).
+
+    weights: [K] the weights the step was planned with (the action a_t).
+    probs:   [K] realised sampling probabilities (floor included; importance weights use it).
+    counts:  [K] micro-batches drawn per domain.
+    loss:    [K] mean micro-batch loss per domain, NaN where counts == 0.
+    gram:    [K, K] float32 Gram of per-domain mean gradients, or None (no capture).
+    norms, update_norms: [L] float32 norm-layer statistics, or None.
+    """
+
+    step: int
+    weights: np.ndarray
+    probs: np.ndarray
+    counts: np.ndarray
+    loss: np.ndarray
+    gram: torch.Tensor | None = None
+    norms: torch.Tensor | None = None
+    update_norms: torch.Tensor | None = None
+
+    @property
+    def present(self) -> np.ndarray:
+        return self.counts > 0
+
+    def is_finite(self) -> bool:
+        """False if any statistic the mixers read is NaN/Inf (such a step must not update them)."""
+        if not np.all(np.isfinite(self.loss[self.present])):
+            return False
+        for t in (self.gram, self.norms, self.update_norms):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                return False
+        return True
+
+
+class Mixer(ABC):
+    """A stateful policy over domain weights. Runs on the owning rank only."""
+
+    #: True if :meth:`update` needs ``stats.gram`` (per-domain gradient capture)
+    needs_gram: bool = False
+    #: True if :meth:`update` needs norm-layer statistics
+    needs_norms: bool = False
+
+    def __init__(self, initial_weights: np.ndarray):
+        self.initial = np.asarray(initial_weights, dtype=np.float64)
+        self.last_metrics: dict[str, float] = {}
+
+    @abstractmethod
+    def update(self, stats: StepStats) -> np.ndarray:
+        """Return the weights [K] for step ``stats.step + 1`` (unnormalised is fine)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,182 @@
+"""Deterministic step plan: which domain every micro-batch of every data-parallel rank draws.
+
+The plan of step ``t`` is a pure function of ``(seed, t, weights, dp_size, grad_accum,
+micro_batch, floor)``; it uses a counter-based generator keyed on ``(seed, t)`` and never a
+global RNG, so every rank (any TP/PP position) derives the same plan without communication.
+One domain per micro-batch, as the per-domain gradient reward needs.
+
+Per-domain cursors (:class:`DomainCursors`) turn the plan into sample indices: each domain's
+stream is consumed strictly in order (reshuffled per epoch from ``(seed, domain, epoch)``), so
+changing the weights never repeats or drops a sample of a domain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["StepPlan", "build_step_plan", "normalize_weights", "DomainCursors"]
+
+_PLAN_STREAM = 0x5EED_0001  # separates the plan's random stream from other uses of the seed
+_SHUFFLE_STREAM = 0x5EED_0002
+
+
+def normalize_weights(weights, min_weight: float = 0.0, max_weight: float = 1.0) -> np.ndarray:
+    """Project weights onto the simplex with per-entry bounds [min_weight, max_weight].
+
+    ``weights``: [K] non-negative, any scale. Raises ``ValueError`` on NaN/Inf, negative entries
+    or an all-zero vector, so bad weights never reach the sampler.
+    """
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.size == 0 or not np.all(np.isfinite(w)):
+        raise ValueError(f"weights must be finite, got {w}")
+    if np.any(w < 0):
+        raise ValueError(f"weights must be non-negative, got {w}")
+    s = w.sum()
+    if s <= 0:
+        raise ValueError("weights sum to zero")
+    w = w / s
+    if min_weight <= 0.0 and max_weight >= 1.0:
+        return w
+    # Water-filling: pin out-of-bound entries to their bound, rescale the free ones, repeat.
+    pinned = np.full(w.size, np.nan)
+    cur = w
+    for _ in range(w.size + 1):
+        free = np.isnan(pinned)
+        rest = 1.0 - np.nansum(pinned)
+        cur = np.where(free, 0.0, pinned)
+        if free.any():
+            wf = w[free]
+            cur[free] = wf * rest / wf.sum() if wf.sum() > 0 else rest / free.sum()
+        lo, hi = free & (cur < min_weight), free & (cur > max_weight)
+        if hi.any():  # cap first: the freed mass may lift the small entries above the floor
+            pinned[hi] = max_weight
+        elif lo.any():
+            pinned[lo] = min_weight
+        else:
+            break
+    return cur / cur.sum()
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The data plan of one optimizer step.
+
+    domains: [dp_size, grad_accum] int64, the domain of micro-batch g on DP rank r.
+    counts:  [K] int64, micro-batches per domain over the whole global batch.
+    probs:   [K] float64, the realised sampling distribution (floor included) that the
+             importance correction divides by.
+    """
+
+    step: int
+    domains: np.ndarray
+    counts: np.ndarray
+    probs: np.ndarray
+
+    def for_rank(self, dp_rank: int) -> np.ndarray:
+        """[grad_accum] domain ids of this DP rank's micro-batches, in order."""
+        return self.domains[dp_rank]
+
+
+def build_step_plan(seed: int, step: int, weights, dp_size: int, grad_accum: int,
+                    floor: int = 0) -> StepPlan:
+    """Draw the domains of step ``step``'s ``dp_size * grad_accum`` micro-batches.
+
+    ``floor`` copies of every domain are forced (the reference code's ``domain_num``); the
+    remaining slots are i.i.d. draws from ``weights``; slots are then permuted so forced copies
+    spread over ranks. ``weights``: [K], already normalised (see :func:`normalize_weights`).
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    k = w.size
+    n = dp_size * grad_accum
+    if dp_size < 1 or grad_accum < 1:
+        raise ValueError(f"dp_size and grad_accum must be >= 1, got {dp_size}, {grad_accum}")
+    if floor * k > n:
+        raise ValueError(
+            f"sampling.min_microbatches_per_domain={floor} x {k} domains exceeds the "
+            f"{n} micro-batches of a global step (dp_size={dp_size} x grad_accum={grad_accum})"
+        )
+    rng = np.random.default_rng([_PLAN_STREAM, seed & 0xFFFFFFFF, step])
+    forced = np.repeat(np.arange(k, dtype=np.int64), floor)
+    # inverse-CDF draws against the cumulative weights: stable across numpy versions
+    cdf = np.cumsum(w)
+    cdf[-1] = 1.0
+    u = rng.random(n - forced.size)
+    drawn = np.searchsorted(cdf, u, side="right").astype(np.int64)
+    drawn = np.minimum(drawn, k - 1)
+    slots = np.concatenate([forced, drawn])
+    slots = slots[rng.permutation(n)]
+    counts = np.bincount(slots, minlength=k).astype(np.int64)
+    probs = (floor + (n - floor * k) * w) / n
+    return StepPlan(step=step, domains=slots.reshape(dp_size, grad_accum), counts=counts, probs=probs)
+
+
+class DomainCursors:
+    """Per-domain read positions over each domain's sample stream.
+
+    The stream of domain ``d`` is an endless sequence of epochs, each a permutation of
+    ``range(sizes[d])`` seeded by ``(seed, d, epoch)``. A micro-batch of ``micro_batch`` samples
+    takes the next ``micro_batch`` positions; positions are assigned in (grad_accum, dp_rank)
+    order so every rank computes every rank's indices identically.
+    """
+
+    def __init__(self, sizes, seed: int, shuffle: bool = True):
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        if self.sizes.ndim != 1 or np.any(self.sizes <= 0):
+            raise ValueError(f"every domain needs at least one sample, got sizes {self.sizes}")
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.positions = np.zeros_like(self.sizes)
+        self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def _perm(self, d: int, epoch: int) -> np.ndarray:
+        key = (d, epoch)
+        p = self._perm_cache.get(key)
+        if p is None:
+            if self.shuffle:
+                rng = np.random.default_rng([_SHUFFLE_STREAM, self.seed & 0xFFFFFFFF, d, epoch])
+                p = rng.permutation(int(self.sizes[d]))
+            else:
+                p = np.arange(int(self.sizes[d]))
+            # keep only the current and next epoch of each domain
+            for stale in [k for k in self._perm_cache if k[0] == d and k[1] < epoch]:
+                del self._perm_cache[stale]
+            self._perm_cache[key] = p
+        return p
+
+    def sample_indices(self, d: int, start: int, count: int) -> np.ndarray:
+        """Indices into domain ``d`` of stream positions ``[start, start + count)``."""
+        size = int(self.sizes[d])
+        pos = np.arange(start, start + count, dtype=np.int64)
+        out = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(pos // size):
+            sel = (pos // size) == epoch
+            out[sel] = self._perm(d, int(epoch))[pos[sel] % size]
+        return out
+
+    def assign(self, plan: StepPlan, micro_batch: int) -> np.ndarray:
+        """Stream start positions [dp_size, grad_accum] for ``plan``; advances the cursors."""
+        dp, ga = plan.domains.shape
+        starts = np.empty((dp, ga), dtype=np.int64)
+        for g in range(ga):
+            for r in range(dp):
+                d = plan.domains[r, g]
+                starts[r, g] = self.positions[d]
+                self.positions[d] += micro_batch
+        return starts
+
+    def state_dict(self) -> dict:
+        return {"sizes": self.sizes.tolist(), "seed": self.seed, "shuffle": self.shuffle,
+                "positions": self.positions.tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["sizes"]) != self.sizes.tolist():
+            raise ValueError(
+                f"cursor state is for domain sizes {state['sizes']}, this run has "
+                f"{self.sizes.tolist()}; the datasets changed since the checkpoint"
+            )
+        self.seed = int(state["seed"])
+        self.shuffle = bool(state["shuffle"])
+        self.positions = np.asarray(state["positions"], dtype=np.int64)
+        self._perm_cache.clear()

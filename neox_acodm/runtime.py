@@ -1,0 +1,276 @@
+"""MixingRuntime: the per-process object every adapter (NeoX, Megatron, the demo loop) drives.
+
+One optimizer step, seen from any rank::
+
+    plan = rt.plan()                         # same on every rank: f(seed, step, weights)
+    for g, (domain, idx) in enumerate(rt.micro_batches()):
+        rt.begin_microbatch(g)               # tells the gradient probe the domain
+        loss = model(batch(domain, idx)); loss.backward()
+        rt.record_loss(domain, loss)
+        rt.end_microbatch()
+    optimizer.step()
+    metrics = rt.end_step()                  # reduce, update on the owner, broadcast weights
+
+Only group rank 0 (the *owner*) builds the mixer (agent, optimizers, replay buffer); the
+others receive the weights. Every rank must call :meth:`end_step` (it issues collectives).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import checkpoint
+from .config import ACODMConfig, ConfigError
+from .dist import all_reduce_sum, broadcast_weights, group_rank, is_distributed
+from .mixers import Mixer, StepStats, build_mixer
+from .mixers.acodm import ACODMMixer
+from .ops import get_ops
+from .plan import DomainCursors, StepPlan, build_step_plan, normalize_weights
+from .probe import GradientProbe
+from .selectors import select_params
+from .state import ParamNorms
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_initial_weights(cfg: ACODMConfig, token_counts: Sequence[float] | None) -> np.ndarray:
+    """[K] initial weights per ``cfg.initial_weights``."""
+    mode = cfg.initial_weights
+    if mode == "auto":
+        mode = "config" if all(d.weight is not None for d in cfg.domains) else "uniform"
+    if mode == "config":
+        return np.array([d.weight for d in cfg.domains], dtype=np.float64)
+    if mode == "tokens":
+        if token_counts is None:
+            raise ConfigError("acodm.initial_weights: 'tokens' needs the per-domain token counts, "
+                              "which this integration did not provide; use 'config' or 'uniform'")
+        return np.asarray(token_counts, dtype=np.float64)
+    return np.full(cfg.num_domains, 1.0 / cfg.num_domains)
+
+
+class MixingRuntime:
+    """Plans each step's data, captures per-domain gradients, reduces step statistics, runs
+    the mixer on the owner and broadcasts the next weights."""
+
+    def __init__(self, cfg: ACODMConfig, *, dataset_sizes: Sequence[int] | None = None,
+                 dp_size: int = 1, dp_rank: int = 0, grad_accum: int = 1, micro_batch: int = 1,
+                 total_steps: int | None = None, model: torch.nn.Module | None = None,
+                 token_counts: Sequence[float] | None = None, group=None, dp_group=None,
+                 partial_sum_group=None, comm_device: torch.device | str = "cpu",
+                 agent_device: torch.device | str | None = None):
+        self.cfg = cfg
+        self.k = cfg.num_domains
+        self.dp_size, self.dp_rank = dp_size, dp_rank
+        self.grad_accum, self.micro_batch = grad_accum, micro_batch
+        self.total_steps = cfg.total_steps or total_steps
+        if self.total_steps is None:
+            raise ConfigError("acodm.total_steps: not set and the integration did not provide "
+                              "train_iters; set acodm.total_steps")
+        self.group, self.dp_group, self.partial_sum_group = group, dp_group, partial_sum_group
+        self.comm_device = torch.device(comm_device)
+        self.is_owner = group_rank(group) == 0
+        init = resolve_initial_weights(cfg, token_counts)
+        self.initial_weights = normalize_weights(init, cfg.sampling.min_weight, cfg.sampling.max_weight)
+        self.weights = self.initial_weights.copy()
+        self.cursors = DomainCursors(dataset_sizes, cfg.seed) if dataset_sizes is not None else None
+        self.step = 0
+        self._plan: StepPlan | None = None
+        self._starts: np.ndarray | None = None
+        self.skipped_steps = 0
+        self.timings = {"capture": 0.0, "reduce_gram": 0.0, "mixer": 0.0}
+
+        model_device = next(model.parameters()).device if model is not None else torch.device("cpu")
+        self.probe: GradientProbe | None = None
+        if cfg.needs_rewards:
+            if model is None:
+                raise ValueError("AC-ODM (non-proxy) needs the model to capture per-domain gradients")
+            params = select_params(model, cfg.reward.params, "acodm.reward.params")
+            ops = get_ops(cfg.reward.backend, model_device)
+            self.probe = GradientProbe(params, self.k, cfg.reward.estimator, cfg.reward.sketch_dim,
+                                       cfg.reward.sketch_seed, ops)
+            logger.info("acodm: capturing per-domain gradients of %d tensors (%d elements, %s, "
+                        "buffer %.1f MiB, backend %s): %s", len(params), self.probe.num_params,
+                        cfg.reward.estimator, self.probe.memory_bytes() / 2**20, ops.name,
+                        [p.name for p in params])
+        self.norms: ParamNorms | None = None
+        num_norm_layers = 0
+        if cfg.mixer == "acodm":
+            if model is None:
+                raise ValueError("AC-ODM needs the model for the weight-norm state features")
+            norm_params = select_params(model, cfg.state.norm_params, "acodm.state.norm_params")
+            num_norm_layers = len(norm_params)
+            if self.is_owner:
+                self.norms = ParamNorms(norm_params, cfg.state.update_norm)
+        self.mixer: Mixer | None = None
+        if self.is_owner:
+            dev = agent_device or (model_device if cfg.agent.device == "auto" else cfg.agent.device)
+            self.mixer = build_mixer(cfg, self.initial_weights, num_norm_layers, self.total_steps, dev)
+        self._loss_sum = torch.zeros(self.k, dtype=torch.float32, device=self.comm_device)
+        self._loss_cnt = torch.zeros(self.k, dtype=torch.float32, device=self.comm_device)
+
+    # -- data plan --------------------------------------------------------------------------
+    def plan(self) -> StepPlan:
+        """This step's plan; the first call of a step advances the per-domain cursors."""
+        if self._plan is None:
+            self._plan = build_step_plan(self.cfg.seed, self.step, self.weights, self.dp_size,
+                                         self.grad_accum, self.cfg.sampling.min_microbatches_per_domain)
+            if self.cursors is not None:
+                self._starts = self.cursors.assign(self._plan, self.micro_batch)
+        return self._plan
+
+    def micro_batches(self, dp_rank: int | None = None) -> list[tuple[int, np.ndarray]]:
+        """(domain, [micro_batch] sample indices into that domain) for each of this rank's
+        micro-batches of the current step."""
+        if self.cursors is None:
+            raise RuntimeError("micro_batches() needs dataset_sizes at construction")
+        plan = self.plan()
+        r = self.dp_rank if dp_rank is None else dp_rank
+        return [(int(d), self.cursors.sample_indices(int(d), int(s), self.micro_batch))
+                for d, s in zip(plan.domains[r], self._starts[r])]
+
+    # -- per micro-batch --------------------------------------------------------------------
+    def begin_microbatch(self, index: int, grad_scale: float = 1.0) -> int:
+        """Micro-batch ``index`` of this rank starts; returns its domain."""
+        d = int(self.plan().domains[self.dp_rank, index])
+        if self.probe is not None:
+            self.probe.begin_microbatch(d, grad_scale)
+        return d
+
+    def end_microbatch(self) -> None:
+        if self.probe is not None:
+            self.probe.end_microbatch()
+
+    def record_loss(self, domain: int, loss: torch.Tensor | float) -> None:
+        """Add one micro-batch's mean loss (no host sync: stays on device until the step ends)."""
+        if isinstance(loss, torch.Tensor):
+            loss = loss.detach().to(self._loss_sum.device, torch.float32)
+        self._loss_sum[domain] += loss
+        self._loss_cnt[domain] += 1
+
+    # -- step boundary ----------------------------------------------------------------------
+    def end_step(self) -> dict[str, float]:
+        """Reduce the step's statistics, update the mixer on the owner, broadcast the next
+        weights. Collective: every rank of ``group``/``dp_group`` must call it."""
+        plan = self.plan()
+        stats_t = all_reduce_sum(torch.stack([self._loss_sum, self._loss_cnt]), self.dp_group).cpu()
+        cnt = stats_t[1].double()
+        loss = torch.where(cnt > 0, stats_t[0].double() / cnt.clamp_min(1), float("nan")).numpy()
+        gram = None
+        if self.probe is not None:
+            t0 = time.perf_counter()
+            gram = self.probe.reduce_gram(torch.as_tensor(plan.counts), self.dp_group,
+                                          self.partial_sum_group)
+            self.timings["reduce_gram"] += time.perf_counter() - t0
+            self.timings["capture"] = self.probe.capture_seconds
+        new = None
+        metrics: dict[str, float] = {}
+        if self.is_owner:
+            t0 = time.perf_counter()
+            new, metrics = self._owner_update(plan, loss, gram)
+            self.timings["mixer"] += time.perf_counter() - t0
+        self.weights = broadcast_weights(new, self.k, self.group, self.comm_device)
+        self.step += 1
+        self._plan, self._starts = None, None
+        self._loss_sum.zero_()
+        self._loss_cnt.zero_()
+        return metrics
+
+    def _owner_update(self, plan: StepPlan, loss: np.ndarray, gram) -> tuple[np.ndarray, dict]:
+        norms = upd = None
+        if self.norms is not None:
+            norms, upd = self.norms.measure()
+        stats = StepStats(step=self.step, weights=self.weights.copy(), probs=plan.probs,
+                          counts=plan.counts, loss=loss, gram=gram, norms=norms, update_norms=upd)
+        if not stats.is_finite():
+            self.skipped_steps += 1
+            logger.warning("acodm: step %d has non-finite statistics (loss %s); the mixer is not "
+                           "updated and the weights are kept", self.step, loss)
+            return self.weights, {"skipped": 1.0}
+        with torch.profiler.record_function("acodm/mixer_update"):
+            proposal = self.mixer.update(stats)
+        try:
+            new = normalize_weights(proposal, self.cfg.sampling.min_weight, self.cfg.sampling.max_weight)
+        except ValueError as e:
+            self.skipped_steps += 1
+            logger.warning("acodm: mixer proposed invalid weights at step %d (%s); keeping the "
+                           "previous weights", self.step, e)
+            return self.weights, {"skipped": 1.0}
+        metrics = {f"weight/{n}": float(w) for n, w in zip(self.cfg.domain_names, new)}
+        metrics.update({f"loss/{n}": float(x) for n, x in zip(self.cfg.domain_names, loss)
+                        if np.isfinite(x)})
+        if isinstance(self.mixer, ACODMMixer) and self.mixer.needs_gram:
+            metrics.update({f"reward/{n}": float(r)
+                            for n, r in zip(self.cfg.domain_names, self.mixer.last_reward)})
+        metrics.update(self.mixer.last_metrics)
+        metrics["reward_path_seconds"] = sum(self.timings.values())
+        return new, metrics
+
+    # -- persistence ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Full state (mixer part only on the owner). Call between steps."""
+        if self._plan is not None:
+            raise RuntimeError("acodm state saved in the middle of a step; save after end_step()")
+        return {
+            "version": checkpoint.SCHEMA_VERSION, "mixer_kind": self.cfg.mixer,
+            "domains": list(self.cfg.domain_names), "step": self.step,
+            "weights": torch.as_tensor(self.weights), "skipped_steps": self.skipped_steps,
+            "cursors": self.cursors.state_dict() if self.cursors is not None else None,
+            "mixer": self.mixer.state_dict() if self.mixer is not None else None,
+            "norms": self.norms.state_dict() if self.norms is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != checkpoint.SCHEMA_VERSION:
+            raise ValueError(f"acodm state has schema version {state.get('version')}, this "
+                             f"neox_acodm reads {checkpoint.SCHEMA_VERSION}")
+        if list(state["domains"]) != list(self.cfg.domain_names):
+            raise ValueError(f"acodm checkpoint domains {state['domains']} differ from the "
+                             f"config's acodm.domains {list(self.cfg.domain_names)}; resume with "
+                             f"the same domains in the same order")
+        if state["mixer_kind"] != self.cfg.mixer:
+            raise ValueError(f"acodm checkpoint was written by mixer {state['mixer_kind']!r}, "
+                             f"the config says acodm.mixer={self.cfg.mixer!r}")
+        self.step = int(state["step"])
+        self.weights = state["weights"].double().numpy().copy()
+        self.skipped_steps = int(state["skipped_steps"])
+        if self.cursors is not None and state["cursors"] is not None:
+            self.cursors.load_state_dict(state["cursors"])
+        if self.mixer is not None and state["mixer"] is not None:
+            self.mixer.load_state_dict(state["mixer"])
+        if self.norms is not None and state["norms"] is not None:
+            self.norms.load_state_dict(state["norms"])
+        self._plan, self._starts = None, None
+
+    def save(self, path: str) -> None:
+        """Owner writes ``path`` atomically (others write nothing; state is global)."""
+        if self.is_owner:
+            checkpoint.atomic_save(self.state_dict(), path)
+            self.export_policy()
+
+    def load(self, path: str) -> None:
+        """Owner reads ``path``; the global part (step, weights, cursors) is broadcast, so
+        other ranks need not see the file. Collective over ``group``."""
+        state = checkpoint.load(path) if self.is_owner else None
+        if is_distributed(self.group):
+            box = [None if state is None else {k: v for k, v in state.items()
+                                               if k not in ("mixer", "norms")}]
+            src = dist.get_global_rank(self.group, 0) if self.group is not None else 0
+            dist.broadcast_object_list(box, src=src, group=self.group)
+            if state is None:
+                state = dict(box[0], mixer=None, norms=None)
+        self.load_state_dict(state)
+
+    def export_policy(self) -> None:
+        """Proxy source: write the actor to ``acodm.proxy.policy_path`` (owner only)."""
+        if self.is_owner and self.cfg.proxy.role == "source" and isinstance(self.mixer, ACODMMixer):
+            self.mixer.export_policy(self.cfg.proxy.policy_path)
+
+    def close(self) -> None:
+        if self.probe is not None:
+            self.probe.remove()

@@ -1,0 +1,95 @@
+"""Resolve :class:`~neox_acodm.config.ParamSelector` against a model's modules.
+
+Works with GPT-NeoX (``sequential.5.mlp.linear2``, pipe or not), Hugging Face GPT-NeoX /
+Pythia (``gpt_neox.layers.3.mlp.dense_4h_to_h``) and megatron-core
+(``decoder.layers.3.mlp.linear_fc2``): modules are matched by role, ordered by the last
+numeric component of their qualified name, then picked by position. No parameter name is hard-coded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .config import ConfigError, ParamSelector
+
+# Role aliases cover the MLP/attention projection names of the frameworks we support.
+ROLE_PATTERNS: dict[str, str] = {
+    "mlp_out": r"(^|\.)mlp\.(dense_4h_to_h|linear2|linear_fc2|c_proj|down_proj|fc2)$",
+    "mlp_in": r"(^|\.)mlp\.(dense_h_to_4h|linear1|linear_fc1|c_fc|up_proj|fc1)$",
+    "attn_out": r"(^|\.)(attention|self_attention|attn)\.(dense|linear_proj|c_proj|o_proj)$",
+    "attn_qkv": r"(^|\.)(attention|self_attention|attn)\.(query_key_value|linear_qkv|c_attn)$",
+}
+
+
+def compile_module_pattern(module: str) -> re.Pattern:
+    return re.compile(ROLE_PATTERNS.get(module, module))
+
+
+@dataclass(frozen=True)
+class SelectedParam:
+    """One selected tensor: its qualified parameter name, layer key and the tensor itself."""
+
+    name: str
+    layer: int
+    param: torch.nn.Parameter
+
+
+def _layer_key(name: str) -> int:
+    """The last purely numeric component of the dotted name (``layers.3.mlp.dense_4h_to_h`` -> 3)."""
+    ints = [int(c) for c in name.split(".") if c.isdigit()]
+    return ints[-1] if ints else -1
+
+
+def _pick(n: int, layers: tuple[int, ...] | str) -> list[int]:
+    if layers == "all":
+        return list(range(n))
+    if layers == "first_and_even":
+        # layer 0 plus every even 1-based layer (0-based 1, 3, 5, ...): the paper's choice
+        return sorted({0, *range(1, n, 2)})
+    if isinstance(layers, str):
+        parts = [int(p) if p.strip() else None for p in layers.split(":")]
+        return list(range(n))[slice(*parts)]
+    out = []
+    for i in layers:
+        if not -n <= i < n:
+            raise ConfigError(f"layers: index {i} is out of range for {n} matching layers")
+        out.append(i % n)
+    return out
+
+
+def select_params(model: torch.nn.Module, selector: ParamSelector, what: str = "selector",
+                  allow_empty: bool = False) -> list[SelectedParam]:
+    """Return the selected parameters in layer order.
+
+    Raises ``ConfigError`` naming ``what`` (e.g. ``acodm.reward.params``) when nothing matches,
+    listing a few module names so the user can write the right pattern.
+    """
+    pattern = compile_module_pattern(selector.module)
+    matches: list[tuple[int, str, torch.nn.Module]] = []
+    for name, mod in model.named_modules():
+        if name and pattern.search(name):
+            matches.append((_layer_key(name), name, mod))
+    if not matches:
+        if allow_empty:
+            return []
+        sample = [n for n, _ in model.named_modules() if n][:8]
+        raise ConfigError(
+            f"{what}.module: {selector.module!r} matches no module of {type(model).__name__} "
+            f"(first modules: {sample}); set a role alias ({', '.join(ROLE_PATTERNS)}) or a regex"
+        )
+    matches.sort(key=lambda m: (m[0], m[1]))
+    try:
+        idx = _pick(len(matches), selector.layers)
+    except ConfigError as e:
+        raise ConfigError(f"{what}.{e}") from None
+    out = []
+    for i in idx:
+        layer, name, mod = matches[i]
+        p = getattr(mod, selector.param, None)
+        if not isinstance(p, torch.nn.Parameter):
+            raise ConfigError(f"{what}.param: module {name!r} has no parameter {selector.param!r}")
+        out.append(SelectedParam(f"{name}.{selector.param}", layer, p))
+    return out

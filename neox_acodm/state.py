@@ -1,0 +1,108 @@
+"""The agent's observation s_t (paper: per-domain loss, its change, sample counts, weight norms
+of selected layers and of their updates, training progress).
+
+Layout, dimension 3K + 2L + 1::
+
+    [0,   K)     loss_i             mean LM loss of domain i this step (last seen if absent)
+    [K,  2K)     loss_i - prev      change since the *previous* step (D5 fixed)
+    [2K, 3K)     n_i / sum_j n_j    cumulative micro-batches per domain (paper: cumulative n)
+    [3K, 3K+L)   ||W_l||            Frobenius norms of the norm layers
+    [3K+L, 3K+2L) update norm       ||W_l(t) - W_l(t-1)|| or | ||W_l(t)|| - ||W_l(t-1)|| |
+    [3K+2L]      t / T              progress in [0, 1] (the reference code used 100 t / T)
+
+Each of the first five groups is z-scored across its entries when ``normalize == "zscore"``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .rewards import zscore
+from .selectors import SelectedParam
+
+
+def state_dim(num_domains: int, num_norm_layers: int) -> int:
+    return 3 * num_domains + 2 * num_norm_layers + 1
+
+
+class ParamNorms:
+    """Norms of the norm layers and of their last update. Keeps a device copy only in
+    ``exact`` mode."""
+
+    def __init__(self, params: list[SelectedParam], update_norm: str):
+        self.params = params
+        self.update_norm = update_norm
+        self._prev_norms: torch.Tensor | None = None
+        self._prev_weights: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def measure(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (norms [L], update_norms [L]) float32 on the CPU (one small transfer per step)."""
+        norms = torch.stack([torch.linalg.vector_norm(p.param.detach().float()) for p in self.params])
+        if self.update_norm == "exact":
+            if self._prev_weights is None:
+                upd = torch.zeros_like(norms)
+                self._prev_weights = [p.param.detach().clone() for p in self.params]
+            else:
+                upd = torch.stack([torch.linalg.vector_norm((p.param.detach() - q).float())
+                                   for p, q in zip(self.params, self._prev_weights)])
+                for p, q in zip(self.params, self._prev_weights):
+                    q.copy_(p.param.detach())
+        else:
+            upd = torch.zeros_like(norms) if self._prev_norms is None else (norms - self._prev_norms).abs()
+            self._prev_norms = norms
+        return norms.float().cpu(), upd.float().cpu()
+
+    def state_dict(self) -> dict:
+        return {"prev_norms": self._prev_norms,
+                "prev_weights": [w.cpu() for w in self._prev_weights] if self._prev_weights else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._prev_norms = state["prev_norms"]
+        pw = state.get("prev_weights")
+        self._prev_weights = ([w.to(p.param.device) for w, p in zip(pw, self.params)] if pw else None)
+
+
+class StateBuilder:
+    """Builds s_t from one step's statistics; remembers the previous losses."""
+
+    def __init__(self, num_domains: int, num_norm_layers: int, total_steps: int, normalize: str):
+        self.k = num_domains
+        self.l = num_norm_layers
+        self.total_steps = max(1, total_steps)
+        self.normalize = normalize
+        self.prev_loss: torch.Tensor | None = None
+        self.cum_counts = torch.zeros(num_domains, dtype=torch.float64)
+
+    @property
+    def dim(self) -> int:
+        return state_dim(self.k, self.l)
+
+    def build(self, step: int, loss: torch.Tensor, counts: torch.Tensor, norms: torch.Tensor,
+              update_norms: torch.Tensor) -> torch.Tensor:
+        """loss: [K] (NaN where the domain drew nothing); counts: [K] this step's micro-batches;
+        norms, update_norms: [L]. Returns [3K + 2L + 1] float32."""
+        loss = loss.to(torch.float32)
+        present = torch.isfinite(loss)
+        if self.prev_loss is None:
+            fill = loss[present].mean() if present.any() else torch.tensor(0.0)
+            prev = torch.where(present, loss, fill)
+        else:
+            prev = self.prev_loss
+        cur = torch.where(present, loss, prev)
+        delta = cur - prev
+        self.prev_loss = cur
+        self.cum_counts += counts.to(torch.float64)
+        share = (self.cum_counts / self.cum_counts.sum().clamp_min(1)).to(torch.float32)
+        groups = [cur, delta, share, norms.to(torch.float32), update_norms.to(torch.float32)]
+        if self.normalize == "zscore":
+            groups = [zscore(g) for g in groups]
+        progress = torch.tensor([min(step / self.total_steps, 1.0)], dtype=torch.float32)
+        return torch.cat(groups + [progress])
+
+    def state_dict(self) -> dict:
+        return {"prev_loss": self.prev_loss, "cum_counts": self.cum_counts.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prev_loss = state["prev_loss"]
+        self.cum_counts = state["cum_counts"].clone()

@@ -1,0 +1,84 @@
+"""Build and install neox_acodm.
+
+Extension (``neox_acodm._C``, sources in csrc/):
+* built as a C++ (OpenMP) extension by default;
+* CUDA kernels are added when torch has CUDA and nvcc is found, or NEOX_ACODM_FORCE_CUDA=1;
+* NEOX_ACODM_SKIP_EXT=1 installs pure Python (the torch backend is then used).
+
+Install with ``pip install --no-build-isolation -e .`` so the build uses the torch already
+installed (build isolation would download a CUDA torch).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+SKIP_EXT = os.environ.get("NEOX_ACODM_SKIP_EXT") == "1"
+FORCE_CUDA = os.environ.get("NEOX_ACODM_FORCE_CUDA") == "1"
+
+
+def _extensions():
+    if SKIP_EXT or not (ROOT / "csrc" / "bindings.cpp").exists():
+        return [], {}
+    try:
+        from torch.utils import cpp_extension
+    except ImportError:
+        sys.exit("neox_acodm: building the extension needs torch installed first "
+                 "(pip install torch==2.13.0), then pip install --no-build-isolation -e .; "
+                 "or set NEOX_ACODM_SKIP_EXT=1")
+    import torch
+
+    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    if os.environ.get("NEOX_ACODM_NATIVE", "0") == "1":
+        cxx.append("-march=native")
+    else:
+        cxx += ["-mavx2", "-mfma"] if _x86_has_avx2() else []
+    sources = ["csrc/bindings.cpp", "csrc/domain_ops_cpu.cpp"]
+    want_cuda = FORCE_CUDA or (torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None)
+    if want_cuda:
+        if cpp_extension.CUDA_HOME is None:
+            sys.exit("neox_acodm: NEOX_ACODM_FORCE_CUDA=1 but torch found no CUDA toolkit "
+                     "(CUDA_HOME unset and this torch is a CPU build?); install a CUDA torch "
+                     "matching your nvcc or unset NEOX_ACODM_FORCE_CUDA")
+        sources.append("csrc/domain_ops_cuda.cu")
+        ext = cpp_extension.CUDAExtension(
+            "neox_acodm._C", sources, define_macros=[("NEOX_ACODM_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math"]},
+            extra_link_args=["-fopenmp"])
+    else:
+        ext = cpp_extension.CppExtension("neox_acodm._C", sources, extra_compile_args=cxx,
+                                         extra_link_args=["-fopenmp"])
+    print(f"neox_acodm: building extension ({'CUDA + CPU' if want_cuda else 'CPU'})")
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+def _x86_has_avx2() -> bool:
+    try:
+        return "avx2" in Path("/proc/cpuinfo").read_text() and "fma" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="neox_acodm",
+    version="0.1.0",
+    description="Actor-Critic Online Data Mixing (AC-ODM) for GPT-NeoX and Megatron",
+    long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["neox_acodm", "neox_acodm.*"]),
+    install_requires=["torch>=2.1", "numpy", "pyyaml", "sentencepiece", "pybind11"],
+    extras_require={
+        "dev": ["pytest"],
+        # the embedded demo: HF GPT-NeoX (Pythia) model, megatron-core indexed datasets, plots
+        "demo": ["transformers>=4.40", "megatron-core>=0.16", "matplotlib", "tqdm"],
+    },
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    entry_points={"console_scripts": ["neox-acodm=neox_acodm.cli:main"]},
+)

@@ -1,0 +1,105 @@
+"""Every config error path gives a one-line error naming the dotted key."""
+
+import subprocess
+import sys
+
+import pytest
+
+from neox_acodm.config import ConfigError, load_config, parse_config
+
+BASE = {"domains": [{"name": "a", "weight": 1.0}, {"name": "b", "weight": 2.0}]}
+
+
+def with_(**over):
+    return {**BASE, **over}
+
+
+CASES = [
+    (with_(agnet={}), "acodm.agnet: unknown key; did you mean 'agent'?"),
+    (with_(agent={"gama": 0.9}), "acodm.agent.gama: unknown key; did you mean 'gamma'?"),
+    (with_(agent={"gamma": 1.5}), "acodm.agent.gamma: must be in [0, 1), got 1.5"),
+    (with_(agent={"gamma": "high"}), "acodm.agent.gamma: expected a number, got 'high'"),
+    (with_(agent={"batch_size": 3.5}), "acodm.agent.batch_size: expected an integer"),
+    (with_(agent={"batch_size": 0}), "acodm.agent.batch_size: must be in [1, inf)"),
+    (with_(mixer="acdom"), "acodm.mixer: got 'acdom'; did you mean 'acodm'?"),
+    (with_(reward={"mode": "papers"}), "acodm.reward.mode: got 'papers'; did you mean 'paper'?"),
+    (with_(reward={"importance_correction": "yes"}), "acodm.reward.importance_correction: expected true or false"),
+    (with_(reward={"params": {"layers": "every-other"}}), "acodm.reward.params.layers:"),
+    (with_(reward={"params": {"layers": []}}), "acodm.reward.params.layers: must select at least one"),
+    (with_(reward={"params": {"module": "mlp(["}}), "acodm.reward.params.module: invalid regular expression"),
+    (with_(reward={"params": {"modul": "x"}}), "acodm.reward.params.modul: unknown key; did you mean 'module'?"),
+    (with_(state={"normalize": "minmax"}), "acodm.state.normalize: got 'minmax'"),
+    (with_(sampling={"min_weight": 0.6}), "acodm.sampling.min_weight: 0.6 x 2 domains exceeds 1"),
+    (with_(sampling={"max_weight": 0.3}), "acodm.sampling.max_weight: 0.3 x 2 domains is below 1"),
+    (with_(sampling={"min_weight": 0.5, "max_weight": 0.5}), "acodm.sampling.min_weight: must be below max_weight"),
+    (with_(proxy={"role": "target"}), "acodm.proxy.policy_path: required when proxy.role is 'target'"),
+    (with_(mixer="odm", proxy={"role": "source", "policy_path": "p.pt"}), "acodm.proxy.role: proxy mode needs mixer 'acodm'"),
+    (with_(total_steps=0), "acodm.total_steps: must be in [1, inf)"),
+    ({"domains": []}, "acodm.domains: at least one domain is required"),
+    ({}, "acodm.domains: required key is missing"),
+    ({"domains": "a,b"}, "acodm.domains: expected a list"),
+    ({"domains": [{"name": "a"}, {"name": "a"}]}, "acodm.domains[1].name: duplicate domain name 'a'"),
+    ({"domains": [{"weight": 1.0}]}, "acodm.domains[0].name: required key is missing"),
+    ({"domains": [{"name": "a", "weight": -1}]}, "acodm.domains[0].weight: must be in (0, inf)"),
+    ({"domains": [{"name": "a", "wieght": 1}]}, "acodm.domains[0].wieght: unknown key; did you mean 'weight'?"),
+    ({"domains": [{"name": "a"}], "initial_weights": "config"}, "acodm.initial_weights: 'config' needs a weight"),
+    ({"domains": [{"name": "a"}], "agent": [1, 2]}, "acodm.agent: expected a mapping"),
+    ({"domains": [{"name": "a"}], "seed": True}, "acodm.seed: expected an integer"),
+    ({"domains": [{"name": "a"}], "reward": {"clip": float("nan")}}, "acodm.reward.clip: must be finite"),
+]
+
+
+@pytest.mark.parametrize("block,expected", CASES, ids=[c[1].split(":")[0] for c in CASES])
+def test_error_names_key(block, expected):
+    with pytest.raises(ConfigError) as e:
+        parse_config(block)
+    msg = str(e.value)
+    assert msg.startswith(expected), msg
+    assert "\n" not in msg
+
+
+def test_defaults_and_types():
+    cfg = parse_config({"domains": [{"name": "x", "train_path": "data/x"}, {"name": "y"}],
+                        "reward": {"params": {"layers": [-1, -3]}}})
+    assert cfg.num_domains == 2 and cfg.domain_names == ("x", "y")
+    assert cfg.reward.params.layers == (-1, -3)
+    assert cfg.agent.gamma == 0.95 and cfg.agent.tau == 0.001
+    assert cfg.state.norm_params.layers == "first_and_even"
+    assert cfg.needs_rewards
+    with pytest.raises(Exception):
+        cfg.seed = 3  # frozen
+
+
+def test_round_trip_to_dict():
+    cfg = parse_config({**BASE, "agent": {"gamma": 0.5}})
+    assert parse_config(cfg.to_dict()) == cfg
+
+
+def test_load_config_from_neox_yaml(tmp_path):
+    f = tmp_path / "neox.yml"
+    f.write_text("train_iters: 10\nacodm:\n  mixer: odm\n  domains:\n    - {name: a}\n    - {name: b}\n")
+    assert load_config(f).mixer == "odm"
+    f.write_text("train_iters: 10\n")
+    with pytest.raises(ConfigError, match="no 'acodm:' block"):
+        load_config(f)
+    f.write_text("acodm: [\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(f)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yml")
+
+
+def test_cli_check_config(tmp_path):
+    good = tmp_path / "good.yml"
+    good.write_text("acodm:\n  domains: [{name: a, weight: 1}, {name: b, weight: 3}]\n")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("acodm:\n  domains: [{name: a}]\n  agent: {gama: 0.9}\n")
+    cmd = [sys.executable, "-m", "neox_acodm.cli", "check-config"]
+    ok = subprocess.run(cmd + [str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0 and '"mixer": "acodm"' in ok.stdout
+    err = subprocess.run(cmd + [str(bad)], capture_output=True, text=True)
+    assert err.returncode == 2
+    assert err.stderr.strip() == ("error: acodm.agent.gama: unknown key; did you mean 'gamma'? "
+                                  "(valid: " + err.stderr.split("(valid: ")[1].strip())
+    ref = subprocess.run(cmd + ["--reference"], capture_output=True, text=True)
+    assert "`acodm.reward.mode`" in ref.stdout and "`acodm.agent.tau`" in ref.stdout
