@@ -46,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _subcommand_registrars():
-    """Subcommands defined next to their implementation (imported lazily by their handlers)."""
-    return []
+    """Subcommands defined next to their implementation."""
+    from . import bench
+
+    return [bench.register]
 
 
 def main(argv: list[str] | None = None) -> int:

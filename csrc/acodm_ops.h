@@ -1,0 +1,48 @@
+// neox_acodm reward kernels: shared declarations (no torch types, so the .cu compiles
+// with plain nvcc). See csrc/README.md for the maths and the shape/dtype contracts.
+#pragma once
+#include <cstdint>
+
+namespace acodm {
+
+enum class DType : int { F32 = 0, BF16 = 1, F16 = 2 };
+
+// ---- count-sketch hash, bit-identical on CPU, CUDA and the torch reference ------------
+#if defined(__CUDACC__)
+#define ACODM_HD __host__ __device__ __forceinline__
+#else
+#define ACODM_HD inline
+#endif
+
+ACODM_HD uint32_t mix32(uint32_t x) {
+  x = ((x >> 16) ^ x) * 0x45D9F3Bu;
+  x = ((x >> 16) ^ x) * 0x45D9F3Bu;
+  return (x >> 16) ^ x;
+}
+ACODM_HD uint32_t seed_mix(uint64_t seed) { return static_cast<uint32_t>(seed * 0x9E3779B9ull); }
+// bucket in [0, k): Lemire's multiply-shift range reduction of the low 31 bits
+ACODM_HD uint32_t bucket_of(uint32_t h, uint32_t k) {
+  return static_cast<uint32_t>((static_cast<uint64_t>(h & 0x7FFFFFFFu) * k) >> 31);
+}
+
+// ---- CPU (domain_ops_cpu.cpp) -----------------------------------------------------------
+// row[i] += alpha * grad[i], i < n. row: float32; grad: dtype.
+void accumulate_cpu(float* row, const void* grad, DType dtype, int64_t n, float alpha);
+// out[D*D] (float64, full symmetric) = B B^T for row-major B[D, P] float32.
+void gram_cpu(const float* B, int64_t D, int64_t P, double* out);
+// row[bucket(j)] += alpha * sign(j) * grad[j - offset] for global index j = offset + i.
+void sketch_cpu(float* row, int64_t k, const void* grad, DType dtype, int64_t n, int64_t offset,
+                uint64_t seed, float alpha);
+int cpu_threads();
+
+}  // namespace acodm
+
+// ---- CUDA (domain_ops_cuda.cu), C ABI; return a cudaError_t value (0 = success) ---------
+extern "C" {
+int acodm_cuda_accumulate(float* row, const void* grad, int dtype, int64_t n, float alpha,
+                          void* stream);
+// out: D*D float64 device buffer, zeroed by the launcher.
+int acodm_cuda_gram(const float* B, int64_t D, int64_t P, double* out, void* stream);
+int acodm_cuda_sketch(float* row, int64_t k, const void* grad, int dtype, int64_t n,
+                      int64_t offset, uint64_t seed, float alpha, void* stream);
+}
