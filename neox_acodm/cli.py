@@ -47,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _subcommand_registrars():
     """Subcommands defined next to their implementation."""
-    from . import bench
+    from . import bench, demo
 
-    return [bench.register]
+    return [bench.register, demo.register]
 
 
 def main(argv: list[str] | None = None) -> int:

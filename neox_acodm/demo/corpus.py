@@ -161,8 +161,9 @@ def split_documents(text: str, max_chars: int = 6000, min_chars: int = 80) -> It
         yield doc
 
 
-def _is_valid_doc(domain: str, i: int, every: int) -> bool:
-    return int(hashlib.sha1(f"{domain}:{i}".encode()).hexdigest(), 16) % every == 0
+def _is_valid_doc(i: int, every: int) -> bool:
+    """Every ``every``-th document (in the deterministic file order) is held out."""
+    return i % every == every - 1
 
 
 def build_corpus(out: Path, cap_mb: float = 4.0, valid_every: int = 20,
@@ -170,7 +171,7 @@ def build_corpus(out: Path, cap_mb: float = 4.0, valid_every: int = 20,
     """Build (or reuse) the corpus in ``out``; returns the manifest."""
     out = Path(out)
     manifest_path = out / "manifest.json"
-    key = {"cap_mb": cap_mb, "valid_every": valid_every, "domains": domains, "version": 1}
+    key = {"cap_mb": cap_mb, "valid_every": valid_every, "domains": domains, "version": 2}
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("key") == key:
@@ -208,7 +209,7 @@ def build_corpus(out: Path, cap_mb: float = 4.0, valid_every: int = 20,
         sizes = {}
         for split in ("train", "valid"):
             path = out / f"{src.domain}.{split}.jsonl"
-            sel = [d for i, d in enumerate(docs) if _is_valid_doc(src.domain, i, valid_every) == (split == "valid")]
+            sel = [d for i, d in enumerate(docs) if _is_valid_doc(i, valid_every) == (split == "valid")]
             with open(path, "w") as f:
                 for d in sel:
                     f.write(json.dumps({"text": d}) + "\n")

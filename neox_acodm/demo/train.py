@@ -1,0 +1,134 @@
+"""Single-machine training loop of the demo: a Pythia-architecture model (Hugging Face
+``GPTNeoXForCausalLM``) trained on CPU, its data chosen by :class:`MixingRuntime` (the same
+plan, gradient probe and mixers the NeoX/Megatron adapters drive)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import ACODMConfig
+from ..runtime import MixingRuntime
+from .data import DomainData
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shape of a Pythia-style (GPT-NeoX) model."""
+
+    layers: int
+    hidden: int
+    heads: int
+    vocab: int
+    seq_len: int
+
+    def build(self, seed: int) -> torch.nn.Module:
+        from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+        cfg = GPTNeoXConfig(vocab_size=self.vocab, hidden_size=self.hidden, num_hidden_layers=self.layers,
+                            num_attention_heads=self.heads, intermediate_size=4 * self.hidden,
+                            max_position_embeddings=self.seq_len, rotary_pct=0.25,
+                            use_parallel_residual=True, hidden_dropout=0.0, attention_dropout=0.0,
+                            tie_word_embeddings=False, initializer_range=0.02, bos_token_id=1, eos_token_id=1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return GPTNeoXForCausalLM(cfg)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    steps: int
+    micro_batch: int
+    grad_accum: int
+    lr: float
+    warmup: int
+    eval_every: int
+    eval_windows: int
+    seed: int
+
+
+def _lm_loss(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=x[:, :-1]).logits
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, valid: list[DomainData], n_windows: int, batch: int = 16) -> dict[str, float]:
+    """Per-domain validation perplexity exp(mean token CE) on the first ``n_windows`` windows."""
+    model.eval()
+    out = {}
+    for d in valid:
+        idx = np.arange(min(n_windows, len(d)))
+        total, count = 0.0, 0
+        for lo in range(0, len(idx), batch):
+            x = d.windows(idx[lo:lo + batch])
+            total += float(_lm_loss(model, x)) * x.shape[0]
+            count += x.shape[0]
+        out[d.name] = math.exp(total / max(1, count))
+    out["avg"] = float(np.mean([out[d.name] for d in valid]))
+    model.train()
+    return out
+
+
+def train_run(name: str, cfg: ACODMConfig, model_spec: ModelSpec, spec: TrainSpec, train: list[DomainData],
+              valid: list[DomainData], progress=None) -> dict:
+    """Train one mixer from the fixed seed/init; returns its curves and timings."""
+    model = model_spec.build(spec.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / spec.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / spec.steps)))))
+    rt = MixingRuntime(cfg, dataset_sizes=[len(d) for d in train], grad_accum=spec.grad_accum,
+                       micro_batch=spec.micro_batch, total_steps=spec.steps, model=model,
+                       token_counts=[len(d.tokens) for d in train])
+    val_curve, weights_curve, train_loss = [], [], []
+    weights_curve.append({"step": 0, "weights": rt.weights.tolist()})
+    ev = evaluate(model, valid, spec.eval_windows)
+    val_curve.append({"step": 0, "avg_ppl": ev["avg"], "per_domain": ev})
+    train_time = 0.0
+    for step in range(spec.steps):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for g, (d, idx) in enumerate(rt.micro_batches()):
+            rt.begin_microbatch(g, grad_scale=float(spec.grad_accum))
+            loss = _lm_loss(model, train[d].windows(idx))
+            (loss / spec.grad_accum).backward()
+            rt.record_loss(d, loss)
+            rt.end_microbatch()
+            step_loss += float(loss) / spec.grad_accum
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        rt.end_step()
+        train_time += time.perf_counter() - t0
+        train_loss.append(step_loss)
+        weights_curve.append({"step": step + 1, "weights": rt.weights.tolist()})
+        if (step + 1) % spec.eval_every == 0 or step + 1 == spec.steps:
+            ev = evaluate(model, valid, spec.eval_windows)
+            val_curve.append({"step": step + 1, "avg_ppl": ev["avg"], "per_domain": ev})
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix_str(f"{name} loss {step_loss:.2f} val {val_curve[-1]['avg_ppl']:.1f}")
+    reward_time = sum(rt.timings.values())
+    result = {
+        "final_val_ppl": val_curve[-1]["per_domain"],
+        "val_curve": [{"step": v["step"], "avg_ppl": v["avg_ppl"]} for v in val_curve],
+        "val_curve_per_domain": [{"step": v["step"], **v["per_domain"]} for v in val_curve],
+        "weights_curve": weights_curve,
+        "train_loss": train_loss,
+        "train_seconds": train_time,
+        "reward_seconds": reward_time,
+        "reward_time_share": reward_time / train_time if train_time > 0 else 0.0,
+        "timings": dict(rt.timings),
+        "skipped_steps": rt.skipped_steps,
+    }
+    rt.export_policy()
+    rt.close()
+    return result
