@@ -1,0 +1,120 @@
+"""Dynamic blending over megatron-core datasets.
+
+megatron-core's ``BlendedDataset`` fixes the mix when it is built (``dataset_index`` is
+precomputed and cached under a hash of the weights), so weights cannot change during a run and
+changing them on resume repeats or drops samples. Here the *mid-level* per-domain
+``GPTDataset`` s are still built by ``BlendedMegatronDatasetBuilder`` (one per domain, sized for
+the largest weight the domain may reach), and the top level is replaced by
+:class:`DynamicBlendedDataset`, indexed by ``(domain, index)`` and driven by
+:class:`~neox_acodm.runtime.MixingRuntime`'s deterministic plan and per-domain cursors. Samples
+are tagged ``dataset_id`` like megatron-core's own blend. Nothing is cached under a key that
+depends on the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from ..config import ACODMConfig, ConfigError
+from ..runtime import MixingRuntime
+
+logger = logging.getLogger(__name__)
+
+
+def build_domain_datasets(cfg: ACODMConfig, num_samples: int, seq_len: int, seed: int, tokenizer,
+                          split: str = "train", is_built_on_rank: Callable[[], bool] = lambda: True,
+                          path_to_cache: str | None = None, **gpt_kwargs) -> list:
+    """One megatron-core ``GPTDataset`` per domain, in ``cfg.domains`` order.
+
+    ``num_samples``: sequences the run will draw in this split in total; domain d is sized for
+    ``ceil(num_samples * sampling.max_weight * 1.005)`` (or its own length if smaller is
+    impossible: megatron-core then repeats epochs). ``split`` picks ``train_path`` or
+    ``valid_path``. Extra keyword arguments go to ``GPTDatasetConfig``.
+    """
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    key = "train_path" if split == "train" else "valid_path"
+    size = math.ceil(num_samples * cfg.sampling.max_weight * 1.005)
+    kwargs = dict(reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False)
+    kwargs.update(gpt_kwargs)
+    out = []
+    for i, d in enumerate(cfg.domains):
+        prefix = getattr(d, key)
+        if not prefix:
+            raise ConfigError(f"acodm.domains[{i}].{key}: required to build the {split} datasets")
+        blend = [([prefix], None), None, None] if split == "train" else [None, ([prefix], None), None]
+        sizes = [size, 0, 0] if split == "train" else [0, size, 0]
+        config = GPTDatasetConfig(random_seed=seed, sequence_length=seq_len, blend_per_split=blend,
+                                  tokenizer=tokenizer, path_to_cache=path_to_cache, **kwargs)
+        built = BlendedMegatronDatasetBuilder(GPTDataset, sizes, is_built_on_rank, config).build()
+        ds = built[0 if split == "train" else 1]
+        if ds is None or len(ds) == 0:
+            raise ConfigError(f"acodm.domains[{i}].{key}: {prefix} yields no {seq_len}-token sequence")
+        out.append(ds)
+        logger.info("acodm: domain %s: %d samples (%s)", d.name, len(ds), prefix)
+    return out
+
+
+class DynamicBlendedDataset(Dataset):
+    """Top-level dataset over per-domain datasets, indexed by ``(domain, index)``.
+
+    ``ds[(d, i)]`` = ``{"dataset_id": d, **datasets[d][i]}`` (megatron-core's sample dict).
+    """
+
+    def __init__(self, datasets: Sequence):
+        self.datasets = list(datasets)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(d) for d in self.datasets]
+
+    def __len__(self) -> int:
+        return sum(self.sizes)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        d, i = key
+        return {"dataset_id": torch.tensor(d, dtype=torch.int64), **self.datasets[d][int(i)]}
+
+
+class DynamicBlendedIterator:
+    """This DP rank's micro-batches, collated like Megatron's data loader, in plan order.
+
+    It reads the plan of the runtime's *current* step only, so it never looks ahead: asking for
+    micro-batch ``grad_accum + 1`` before :meth:`MixingRuntime.end_step` is an error (weights
+    would otherwise act late and saved cursors would include unconsumed batches). Use with
+    Megatron's ``--dataloader-type external``.
+    """
+
+    def __init__(self, dataset: DynamicBlendedDataset, runtime: MixingRuntime,
+                 collate: Callable[[list[dict]], dict] = default_collate):
+        if runtime.cursors is None or list(runtime.cursors.sizes) != dataset.sizes:
+            raise ValueError("MixingRuntime must be built with dataset_sizes=DynamicBlendedDataset.sizes")
+        self.dataset, self.runtime, self.collate = dataset, runtime, collate
+        self._step, self._g, self._batches = -1, 0, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        rt = self.runtime
+        if rt.step != self._step:
+            self._step, self._g, self._batches = rt.step, 0, rt.micro_batches()
+        if self._g >= len(self._batches):
+            raise RuntimeError(f"step {rt.step}: all {len(self._batches)} micro-batches were consumed; "
+                               f"call MixingRuntime.end_step() before drawing the next step")
+        d, idx = self._batches[self._g]
+        self._g += 1
+        return self.collate([self.dataset[(d, i)] for i in idx])
+
+    # Megatron's maybe_save_dataloader_state hook: the state is global and lives in the runtime
+    def save_state(self, path: str) -> None:
+        self.runtime.save(path)
+
+    def load_state(self, path: str) -> None:
+        self.runtime.load(path)
