@@ -71,12 +71,16 @@ setup(
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["neox_acodm", "neox_acodm.*"]),
+    # the top-level patches/ folder is installed as neox_acodm.patches
+    packages=find_packages(include=["neox_acodm", "neox_acodm.*"]) + ["neox_acodm.patches"],
+    package_dir={"neox_acodm.patches": "patches"},
     install_requires=["torch>=2.1", "numpy", "pyyaml", "sentencepiece", "pybind11"],
     extras_require={
         "dev": ["pytest"],
         # the embedded demo: HF GPT-NeoX (Pythia) model, megatron-core indexed datasets, plots
         "demo": ["transformers>=4.40", "megatron-core>=0.16", "matplotlib", "tqdm"],
+        # GPT-NeoX path and its CPU tests (install with DS_BUILD_OPS=0 on machines without CUDA)
+        "neox": ["deepspeed>=0.14"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

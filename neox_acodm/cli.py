@@ -30,6 +30,27 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+PTH_NAME = "neox_acodm.pth"
+PTH_LINE = "import neox_acodm._bootstrap\n"
+
+
+def _install_hook(args: argparse.Namespace) -> int:
+    import sysconfig
+    from pathlib import Path
+
+    site = Path(args.site or sysconfig.get_paths()["purelib"])
+    pth = site / PTH_NAME
+    if args.remove:
+        if pth.exists():
+            pth.unlink()
+        sys.stderr.write(f"removed {pth}\n")
+        return 0
+    pth.write_text(PTH_LINE)
+    sys.stderr.write(f"wrote {pth}: every Python of this environment (deepy.py and each launched rank) "
+                     f"now activates neox_acodm's lazy GPT-NeoX hook; NEOX_ACODM_DISABLE=1 turns it off\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neox-acodm", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -39,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file", nargs="?", help="a NeoX YAML with an `acodm:` block, or the block itself")
     c.add_argument("--reference", action="store_true", help="print the config reference (markdown)")
     c.set_defaults(func=_check_config)
+
+    h = sub.add_parser("install-hook", help="install (or --remove) the .pth start-up hook for GPT-NeoX")
+    h.add_argument("--remove", action="store_true")
+    h.add_argument("--site", default=None, help="site-packages directory (default: this environment's)")
+    h.set_defaults(func=_install_hook)
 
     for register in _subcommand_registrars():
         register(sub)

@@ -198,6 +198,11 @@ class AgentConfig:
     lr_decay: Literal["cosine", "linear", "constant"] = _f("cosine", doc="LR decay after warm-up.")
     weight_decay: float = _f(0.0, doc="AdamW decoupled weight decay.", rng=(0.0, None, True, None))
     grad_clip: float = _f(1.0, doc="Gradient-norm clip per net (0 disables).", rng=(0.0, None, True, None))
+    kl_coef: float = _f(
+        1.0, doc="beta of the actor's KL(mu(s) || initial weights) penalty. For a linear reward the "
+        "regularised optimum is a_i ~ prior_i exp(q_i / beta) (ODM's Gibbs form) instead of one "
+        "domain; 0 = the paper's unregularised objective (collapses onto one domain, see README).",
+        rng=(0.0, None, True, None))
     batch_size: int = _f(32, doc="Replay mini-batch.", rng=(1, None, True, None))
     buffer_size: int = _f(10000, doc="Replay capacity (FIFO ring).", rng=(1, None, True, None))
     updates_per_step: int = _f(1, doc="Agent updates per LM step.", rng=(0, None, True, None))

@@ -103,3 +103,29 @@ def test_cli_check_config(tmp_path):
                                   "(valid: " + err.stderr.split("(valid: ")[1].strip())
     ref = subprocess.run(cmd + ["--reference"], capture_output=True, text=True)
     assert "`acodm.reward.mode`" in ref.stdout and "`acodm.agent.tau`" in ref.stdout
+
+
+def test_readme_config_reference_is_current():
+    from pathlib import Path
+
+    from neox_acodm.config import config_reference
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert config_reference() in readme, "README config reference is stale: regenerate it"
+
+
+def test_shipped_configs_parse():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(root.rglob("*.yml"))
+    assert len(files) >= 5
+    for f in files:
+        cfg = load_config(f)
+        assert cfg.num_domains >= 3
+    pile = load_config(root / "acodm" / "pythia-1b.yml")
+    assert pile.num_domains == 22 and abs(sum(d.weight for d in pile.domains) - 1.0) < 1e-3
+    src, tgt = load_config(root / "acodm" / "proxy-410m-source.yml"), load_config(root / "acodm" / "proxy-1b-target.yml")
+    assert (src.proxy.role, tgt.proxy.role) == ("source", "target")
+    assert src.proxy.policy_path == tgt.proxy.policy_path
+    assert src.state.norm_params == tgt.state.norm_params

@@ -45,7 +45,8 @@ class DDPGAgent:
     """Actor-critic with target nets and a replay buffer; lives on rank 0 only."""
 
     def __init__(self, cfg: AgentConfig, state_dim: int, num_domains: int, reward_dim: int,
-                 total_updates: int, seed: int, device: torch.device | str = "cpu"):
+                 total_updates: int, seed: int, device: torch.device | str = "cpu",
+                 prior: torch.Tensor | None = None):
         self.cfg = cfg
         self.device = torch.device(device)
         self.state_dim, self.num_domains, self.reward_dim = state_dim, num_domains, reward_dim
@@ -66,6 +67,9 @@ class DDPGAgent:
         self.actor_sched = torch.optim.lr_scheduler.LambdaLR(self.actor_opt, sched)
         self.critic_sched = torch.optim.lr_scheduler.LambdaLR(self.critic_opt, sched)
         self.replay = ReplayBuffer(cfg.buffer_size, state_dim, num_domains, reward_dim, self.device)
+        # [K] anchor of the KL penalty (the initial weights); uniform if not given
+        p = torch.full((num_domains,), 1.0 / num_domains) if prior is None else torch.as_tensor(prior, dtype=torch.float32)
+        self.log_prior = (p / p.sum()).clamp_min(1e-8).log().to(self.device)
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.num_updates = 0
         self.skipped_updates = 0
@@ -105,7 +109,11 @@ class DDPGAgent:
         # the actor's loss must not move the critic: freeze it for this backward
         self.critic.requires_grad_(False)
         try:
-            actor_loss = -self.critic(s, self.actor(s)).mean()
+            mu = self.actor(s)
+            actor_loss = -self.critic(s, mu).mean()
+            if cfg.kl_coef > 0:  # KL(mu || prior): keeps the Gibbs-like optimum off the vertices
+                kl = (mu * (mu.clamp_min(1e-8).log() - self.log_prior)).sum(-1).mean()
+                actor_loss = actor_loss + cfg.kl_coef * kl
             self.actor_opt.zero_grad(set_to_none=True)
             if torch.isfinite(actor_loss):
                 actor_loss.backward()

@@ -43,7 +43,8 @@ class ACODMMixer(Mixer):
         self.agent = DDPGAgent(cfg.agent, state_dim(k, num_norm_layers), k,
                                reward_dim=k if self.vector else 1,
                                total_updates=max(1, total_steps * cfg.agent.updates_per_step),
-                               seed=cfg.seed, device=device)
+                               seed=cfg.seed, device=device,
+                               prior=torch.as_tensor(self.initial, dtype=torch.float32))
         self.reward_ema = RewardEMA(k, cfg.reward.ema, cfg.reward.importance_correction, cfg.reward.clip)
         self.warmup_odm = (ODMMixer(initial_weights, cfg.odm)
                            if cfg.agent.warmup_policy == "odm" else None)

@@ -1,0 +1,232 @@
+"""Seams 2-5: GPT-NeoX's training loop (``megatron.training``) and checkpointing.
+
+The only function wrapped at import time is ``megatron.training.pretrain``, the *gate*. When
+``neox_args.acodm`` is None, it calls the original and nothing else is patched. When the
+block is set, it applies the patches below for the duration of ``pretrain`` and removes them
+afterwards:
+
+* ``megatron.training.build_train_valid_test_data_loaders``: each domain's ``GPT2Dataset``
+  is sized for the largest weight it may reach (``N * sampling.max_weight``), not for its
+  initial weight. The datasets are kept for the plan-driven iterator.
+* ``megatron.training.setup_model_and_optimizer``: builds the
+  :class:`~neox_acodm.neox.session.DeepSpeedMixingSession` with NeoX's process groups, wraps
+  the loss (the pipe engine's ``loss_fn``), and restores the mixer state on resume.
+* ``megatron.training.cross_entropy``: the loss on the non-pipe path.
+* ``megatron.training.shift_and_wrap_data_loaders``: the train iterator becomes the session's
+  plan iterator. Validation and test are unchanged.
+* ``megatron.training.train_step``: closes the step (reduce, rank-0 update, broadcast) and
+  logs ``acodm/*`` through NeoX's TensorBoard/W&B writer.
+* ``megatron.checkpointing.save_ds_checkpoint``: writes ``<save>/global_stepN/acodm/state.pt``
+  next to the DeepSpeed checkpoint, before NeoX's barrier, upload and rotation.
+"""
+
+import logging
+import math
+import os
+
+from ._registry import NEOX_VERIFIED, Patch
+
+logger = logging.getLogger("neox_acodm.patches.neox_training")
+
+TARGET = "megatron.training"
+VERIFIED = NEOX_VERIFIED
+
+
+def state_path(root: str, iteration: int) -> str:
+    return os.path.join(root, f"global_step{iteration}", "acodm", "state.pt")
+
+
+class NeoXIntegration:
+    """State of one ``pretrain`` call with an ``acodm`` block (held by closure, no globals)."""
+
+    def __init__(self, neox_args):
+        from neox_acodm.config import ConfigError, parse_config
+
+        self.neox_args = neox_args
+        cfg = parse_config(neox_args.acodm)
+        paths = list(neox_args.train_data_paths or [])
+        if not paths:
+            raise ConfigError("acodm.domains: GPT-NeoX must be given train_data_paths (one per domain); "
+                              "data_path (a single blended dataset) has no domains")
+        if len(paths) != cfg.num_domains:
+            raise ConfigError(f"acodm.domains: {cfg.num_domains} domains but train_data_paths has "
+                              f"{len(paths)} entries; list one domain per path, in the same order")
+        for i, (d, p) in enumerate(zip(cfg.domains, paths)):
+            if d.train_path is not None and os.path.normpath(d.train_path) != os.path.normpath(p):
+                raise ConfigError(f"acodm.domains[{i}].train_path: {d.train_path!r} differs from "
+                                  f"train_data_paths[{i}] = {p!r}")
+        if getattr(neox_args, "train_epochs", None):
+            raise ConfigError("acodm: train_epochs mode is not supported (dynamic weights need "
+                              "train_iters); set train_iters")
+        if neox_args.is_pipe_parallel and neox_args.pipe_parallel_size > 1:
+            raise ConfigError("acodm: pipe_parallel_size > 1 is not supported yet (1F1B interleaves "
+                              "micro-batch backwards); use pipe_parallel_size 0 or 1")
+        domains = [dict(name=d.name, train_path=p, valid_path=d.valid_path, weight=d.weight)
+                   for d, p in zip(cfg.domains, paths)]
+        self.cfg = cfg.replace(domains=domains, total_steps=cfg.total_steps or neox_args.train_iters)
+        self.datasets = None
+        self.session = None
+        self.patches: list[Patch] = []
+
+    # -- patches ------------------------------------------------------------------------------
+    def build_patches(self) -> list[Patch]:
+        return [
+            Patch("megatron.training:build_train_valid_test_data_loaders", self._wrap_build_loaders),
+            Patch("megatron.training:setup_model_and_optimizer", self._wrap_setup),
+            Patch("megatron.training:cross_entropy", self._wrap_cross_entropy),
+            Patch("megatron.training:shift_and_wrap_data_loaders", self._wrap_shift),
+            Patch("megatron.training:train_step", self._wrap_train_step),
+            Patch("megatron.checkpointing:save_ds_checkpoint", self._wrap_save),
+        ]
+
+    def _wrap_build_loaders(self, original):
+        import megatron.data.data_utils as data_utils
+
+        integ = self
+
+        def build_train_valid_test_data_loaders(neox_args):
+            train_weights = neox_args.train_data_weights
+            sizing = data_utils.get_normalized_weights_and_num_samples
+            cap = integ.cfg.sampling.max_weight
+
+            def sized_for_max_weight(weights, num_samples):
+                norm, nums = sizing(weights, num_samples)
+                if weights is train_weights and num_samples is not None:
+                    nums = [int(math.ceil(num_samples * cap * 1.005)) for _ in norm]
+                return norm, nums
+
+            data_utils.get_normalized_weights_and_num_samples = sized_for_max_weight
+            try:
+                loaders = original(neox_args=neox_args)
+            finally:
+                data_utils.get_normalized_weights_and_num_samples = sizing
+            train = loaders[0] if isinstance(loaders, tuple) else loaders.get("train")
+            if train is not None:
+                integ.datasets = list(train.dataset.datasets)
+            return loaders
+
+        return build_train_valid_test_data_loaders
+
+    def _wrap_setup(self, original):
+        integ = self
+
+        def setup_model_and_optimizer(neox_args, *args, **kwargs):
+            out = original(neox_args, *args, **kwargs)
+            integ._start_session(out[0])
+            return out
+
+        return setup_model_and_optimizer
+
+    def _start_session(self, model) -> None:
+        import torch
+        from megatron import mpu
+
+        from neox_acodm.neox.session import DeepSpeedMixingSession
+
+        na = self.neox_args
+        comm = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+        tp_group = mpu.get_model_parallel_group() if mpu.get_model_parallel_world_size() > 1 else None
+        self.session = DeepSpeedMixingSession(
+            self.cfg, model, datasets=self.datasets, dp_size=mpu.get_data_parallel_world_size(),
+            dp_rank=mpu.get_data_parallel_rank(), grad_accum=na.gradient_accumulation_steps,
+            micro_batch=na.train_micro_batch_size_per_gpu, total_steps=self.cfg.total_steps,
+            dp_group=mpu.get_data_parallel_group(), group=None, partial_sum_group=tp_group,
+            comm_device=comm)
+        if na.is_pipe_parallel:
+            model.module.loss_fn = self.session.wrap_loss(model.module.loss_fn)
+        if na.load and na.iteration:
+            path = state_path(na.load, na.iteration)
+            self.session.rt.load(path)
+            logger.info("acodm: resumed mixer state from %s (step %d)", path, self.session.rt.step)
+        if torch.distributed.get_rank() == 0:
+            logger.info("acodm: active (%s, %d domains, dp=%d, grad_accum=%d)", self.cfg.mixer,
+                        self.cfg.num_domains, mpu.get_data_parallel_world_size(), na.gradient_accumulation_steps)
+
+    def _wrap_cross_entropy(self, original):
+        integ = self
+
+        def cross_entropy(*args, **kwargs):
+            loss = original(*args, **kwargs)
+            import torch
+
+            if integ.session is not None and torch.is_grad_enabled():
+                integ.session.observe_loss(loss)
+            return loss
+
+        return cross_entropy
+
+    def _wrap_shift(self, original):
+        integ = self
+
+        def shift_and_wrap_data_loaders(neox_args, data_loaders, *args, **kwargs):
+            train_loader = data_loaders["train"]
+            data_loaders = dict(data_loaders, train=None)
+            _, valid_it, test_it = original(neox_args, data_loaders, *args, **kwargs)
+            train_it = integ.session.train_iterator() if train_loader is not None else None
+            return train_it, valid_it, test_it
+
+        return shift_and_wrap_data_loaders
+
+    def _wrap_train_step(self, original):
+        integ = self
+
+        def train_step(neox_args, *args, **kwargs):
+            out = original(neox_args, *args, **kwargs)
+            metrics = integ.session.end_step()
+            integ._log(neox_args, metrics)
+            return out
+
+        return train_step
+
+    def _log(self, neox_args, metrics: dict) -> None:
+        import torch
+
+        if not metrics or torch.distributed.get_rank() != 0:
+            return
+        step = neox_args.iteration + 1  # the step number training_log uses for this iteration
+        if step % self.cfg.log_interval:
+            return
+        from megatron.logging import tb_wandb_log
+
+        for key, value in metrics.items():
+            tb_wandb_log(f"acodm/{key}", value, step, use_wandb=neox_args.use_wandb,
+                         tensorboard_writer=neox_args.tensorboard_writer,
+                         comet_experiment=getattr(neox_args, "comet_experiment", None))
+
+    def _wrap_save(self, original):
+        integ = self
+
+        def save_ds_checkpoint(iteration, model, neox_args):
+            original(iteration, model, neox_args)
+            if integ.session is not None:
+                integ.session.rt.save(state_path(neox_args.save, iteration))
+
+        return save_ds_checkpoint
+
+
+def _wrap_pretrain(original):
+    def pretrain(neox_args, *args, **kwargs):
+        if getattr(neox_args, "acodm", None) is None:
+            return original(neox_args, *args, **kwargs)
+        integ = NeoXIntegration(neox_args)
+        integ.patches = integ.build_patches()
+        for p in integ.patches:
+            p.apply()
+        try:
+            return original(neox_args, *args, **kwargs)
+        finally:
+            for p in reversed(integ.patches):
+                p.remove()
+            if integ.session is not None:
+                integ.session.rt.export_policy()
+                integ.session.rt.close()
+
+    return pretrain
+
+
+GATE = Patch("megatron.training:pretrain", _wrap_pretrain)
+
+
+def apply(training_module) -> None:
+    """Post-import callback for ``megatron.training``: install the gate."""
+    GATE.apply()

@@ -1,0 +1,98 @@
+"""The patch layer without NeoX: registry semantics, the lazy import hook, activation switches,
+the .pth installer, and that the top-level patches/ folder installs as neox_acodm.patches."""
+
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from neox_acodm.patches import _hook
+from neox_acodm.patches._registry import Patch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fake_module(monkeypatch):
+    mod = types.ModuleType("acodm_fake_upstream")
+    mod.train_step = lambda x: x + 1
+    monkeypatch.setitem(sys.modules, "acodm_fake_upstream", mod)
+    return mod
+
+
+def test_patch_apply_is_idempotent_and_removable(fake_module):
+    original = fake_module.train_step
+    calls = []
+
+    def make(orig):
+        def wrapped(x):
+            calls.append(x)
+            return orig(x) * 10
+        return wrapped
+
+    p = Patch("acodm_fake_upstream:train_step", make)
+    p.apply()
+    p.apply()  # no double wrapping
+    assert fake_module.train_step(1) == 20 and calls == [1]
+    assert fake_module.train_step.__wrapped__ is original and p.is_applied()
+    p.remove()
+    assert fake_module.train_step is original and not p.is_applied()
+    p.remove()  # harmless
+
+
+def test_missing_target_names_target_and_verified_commit(fake_module):
+    p = Patch("acodm_fake_upstream:build_train_valid_test_data_iterators", lambda o: o)
+    with pytest.raises(RuntimeError, match=r"acodm_fake_upstream:build_train_valid_test_data_iterators not found.*ea7aefd8"):
+        p.apply()
+
+
+def test_import_hook_runs_after_module_body(tmp_path, monkeypatch):
+    pkg = tmp_path / "acodm_hook_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "target.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    _hook.install({"acodm_hook_pkg.target": lambda m: seen.append(m.VALUE)})
+    try:
+        import acodm_hook_pkg.target  # noqa: F401
+        assert seen == [1]
+        _hook.install({"acodm_hook_pkg.target": lambda m: seen.append("again")})  # idempotent per name
+        assert seen == [1]
+    finally:
+        _hook.uninstall()
+        sys.modules.pop("acodm_hook_pkg.target", None)
+        sys.modules.pop("acodm_hook_pkg", None)
+
+
+def _py(code: str, **env):
+    import os
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env})
+
+
+def test_activation_is_import_cheap_and_switchable():
+    r = _py("import sys, neox_acodm._bootstrap; "
+            "print('torch' in sys.modules, any(type(f).__name__ == '_PostImportFinder' for f in sys.meta_path))")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "True"]
+    r = _py("import sys, neox_acodm._bootstrap; "
+            "print(any(type(f).__name__ == '_PostImportFinder' for f in sys.meta_path))", NEOX_ACODM_DISABLE="1")
+    assert r.stdout.strip() == "False"
+
+
+def test_install_hook_writes_and_removes_pth(tmp_path):
+    cmd = [sys.executable, "-m", "neox_acodm.cli", "install-hook", "--site", str(tmp_path)]
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert (tmp_path / "neox_acodm.pth").read_text() == "import neox_acodm._bootstrap\n"
+    assert subprocess.run(cmd + ["--remove"], capture_output=True).returncode == 0
+    assert not (tmp_path / "neox_acodm.pth").exists()
+
+
+def test_patches_folder_is_installed_as_neox_acodm_patches():
+    import neox_acodm.patches as p
+
+    assert Path(p.__file__).resolve().parent == ROOT / "patches"
