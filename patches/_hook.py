@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 
 class _PostImportFinder(importlib.abc.MetaPathFinder):
-    def __init__(self, callbacks: dict[str, Callable]):
+    def __init__(self, callbacks: dict[str, list[Callable]]):
         self.callbacks = callbacks
         self._busy: set[str] = set()
 
@@ -28,7 +28,7 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
             self._busy.discard(fullname)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        loader, callback = spec.loader, self.callbacks[fullname]
+        loader, callbacks = spec.loader, self.callbacks[fullname]
 
         class _Loader(importlib.abc.Loader):
             def create_module(self, s):
@@ -36,7 +36,8 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
 
             def exec_module(self, module):
                 loader.exec_module(module)
-                callback(module)
+                for callback in list(callbacks):
+                    callback(module)
 
         spec.loader = _Loader()
         return spec
@@ -44,15 +45,16 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
 
 def install(callbacks: dict[str, Callable]) -> None:
     """Register ``callbacks`` (module name -> fn(module)); modules already imported get the
-    callback immediately. Idempotent per module name."""
+    callback immediately. Registering the same function twice is a no-op."""
     finder = next((f for f in sys.meta_path if isinstance(f, _PostImportFinder)), None)
     if finder is None:
         finder = _PostImportFinder({})
         sys.meta_path.insert(0, finder)
     for name, cb in callbacks.items():
-        if name in finder.callbacks:
+        registered = finder.callbacks.setdefault(name, [])
+        if cb in registered:
             continue
-        finder.callbacks[name] = cb
+        registered.append(cb)
         if name in sys.modules:
             cb(sys.modules[name])
 

@@ -26,10 +26,24 @@ import os
 
 from ._registry import NEOX_VERIFIED, Patch
 
-logger = logging.getLogger("neox_acodm.patches.neox_training")
+logger = logging.getLogger("neox_acodm.patches.neox_training")  # under the neox_acodm logger
 
 TARGET = "megatron.training"
 VERIFIED = NEOX_VERIFIED
+
+
+def _ensure_log_handler() -> None:
+    """Inside NeoX (which prints rather than logs) show neox_acodm's INFO lines on stdout like
+    NeoX's own messages, unless the user already configured the ``neox_acodm`` logger."""
+    import sys
+
+    plugin = logging.getLogger("neox_acodm")
+    if not plugin.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[neox_acodm] %(message)s"))
+        plugin.addHandler(handler)
+        plugin.setLevel(logging.INFO)
+        plugin.propagate = False
 
 
 def state_path(root: str, iteration: int) -> str:
@@ -42,6 +56,7 @@ class NeoXIntegration:
     def __init__(self, neox_args):
         from neox_acodm.config import ConfigError, parse_config
 
+        _ensure_log_handler()
         self.neox_args = neox_args
         cfg = parse_config(neox_args.acodm)
         paths = list(neox_args.train_data_paths or [])

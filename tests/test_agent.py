@@ -9,7 +9,7 @@ from neox_acodm.agent.ddpg import lr_factor
 from neox_acodm.config import AgentConfig
 
 CFG = AgentConfig(hidden_dim=64, num_layers=2, actor_lr=1e-3, critic_lr=1e-3, tau=0.05,
-                  batch_size=32, gamma=0.5, lr_decay="constant", warmup_steps=0)
+                  batch_size=32, gamma=0.5, lr_decay="constant", warmup_steps=0, kl_coef=0.0)
 
 
 def flat(m):
@@ -31,6 +31,31 @@ def test_policy_concentrates_on_best_domain():
             agent.update()
     w = agent.act(s)
     assert w[2] > 0.8, w
+
+
+def _bandit(cfg, steps=200):
+    k, s_dim = 5, 8
+    agent = DDPGAgent(cfg, s_dim, k, 1, total_updates=1000, seed=0)
+    reward = torch.tensor([0.1, 0.2, 1.0, 0.0, -0.5])
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(s_dim, generator=g)
+    for _ in range(steps):
+        a = (agent.act(s) + 0.1 * torch.randn(k, generator=g)).clamp_min(0)
+        a = a / a.sum()
+        agent.observe(s, a, (a * reward).sum().reshape(1), s)
+        if len(agent.replay) >= cfg.batch_size:
+            agent.update()
+    return agent.act(s)
+
+
+def test_kl_penalty_keeps_policy_spread_but_ordered():
+    """With KL(mu || uniform) the optimum of a linear reward is a Gibbs policy: every domain
+    keeps mass, the best domain gets the most, the worst the least."""
+    import dataclasses
+
+    w = _bandit(dataclasses.replace(CFG, kl_coef=0.5), steps=300)
+    assert int(w.argmax()) == 2 and int(w.argmin()) == 4, w
+    assert float(w.min()) > 0.02 and float(w.max()) < 0.9, w
 
 
 def test_update_changes_actor_and_critic_and_targets_move_by_tau():

@@ -58,7 +58,7 @@ def test_weights_moved_for_adaptive_mixers_only(quick_report):
 
 
 def test_corpus_split_is_by_document(tmp_path):
-    m = build_corpus(tmp_path / "c", cap_mb=0.2, domains=["code_python", "code_c", "changelogs", "drama",
+    m = build_corpus(tmp_path / "c", cap_mb=0.5, domains=["code_python", "code_c", "changelogs", "drama",
                                                             "legal", "dictionary"])
     assert len(m["domains"]) >= 6
     for d in m["domains"]:

@@ -59,8 +59,10 @@ def test_import_hook_runs_after_module_body(tmp_path, monkeypatch):
     try:
         import acodm_hook_pkg.target  # noqa: F401
         assert seen == [1]
-        _hook.install({"acodm_hook_pkg.target": lambda m: seen.append("again")})  # idempotent per name
-        assert seen == [1]
+        cb = lambda m: seen.append("second")  # noqa: E731
+        _hook.install({"acodm_hook_pkg.target": cb})  # already imported: runs at once, once
+        _hook.install({"acodm_hook_pkg.target": cb})
+        assert seen == [1, "second"]
     finally:
         _hook.uninstall()
         sys.modules.pop("acodm_hook_pkg.target", None)
