@@ -35,7 +35,7 @@ def _extensions():
     if os.environ.get("NEOX_ACODM_NATIVE", "0") == "1":
         cxx.append("-march=native")
     else:
-        cxx += ["-mavx2", "-mfma"] if _x86_has_avx2() else []
+        cxx += ["-mavx2", "-mfma", "-mf16c"] if _x86_has_avx2() else []
     sources = ["csrc/bindings.cpp", "csrc/domain_ops_cpu.cpp"]
     want_cuda = FORCE_CUDA or (torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None)
     if want_cuda:
@@ -57,7 +57,8 @@ def _extensions():
 
 def _x86_has_avx2() -> bool:
     try:
-        return "avx2" in Path("/proc/cpuinfo").read_text() and "fma" in Path("/proc/cpuinfo").read_text()
+        flags = Path("/proc/cpuinfo").read_text()
+        return all(f in flags for f in ("avx2", "fma", "f16c"))
     except OSError:
         return False
 

@@ -24,6 +24,16 @@ ACODM_HD uint32_t seed_mix(uint64_t seed) { return static_cast<uint32_t>(seed * 
 ACODM_HD uint32_t bucket_of(uint32_t h, uint32_t k) {
   return static_cast<uint32_t>((static_cast<uint64_t>(h & 0x7FFFFFFFu) * k) >> 31);
 }
+// Blocked count-sketch (see neox_acodm/ops.py): block j >> 3 is hashed once to a group of 8
+// buckets and rotated by a random lane offset; the sign is per element. k % 8 == 0.
+ACODM_HD uint32_t block_seed(uint32_t s) { return s + 0x632BE5ABu; }
+ACODM_HD uint32_t sign_seed(uint32_t s) { return s + 0x2545F491u; }
+// sign bit (0x80000000 or 0) of global element j
+ACODM_HD uint32_t sketch_sign_bit(uint32_t j, uint32_t ss) { return ((mix32((j >> 3) ^ ss) >> (j & 7u)) & 1u) << 31; }
+ACODM_HD uint32_t sketch_bucket(uint32_t j, uint32_t k, uint32_t sb) {
+  const uint32_t hb = mix32((j >> 3) ^ sb);
+  return 8u * bucket_of(hb, k >> 3) + (((j & 7u) + (hb & 7u)) & 7u);
+}
 
 // ---- CPU (domain_ops_cpu.cpp) -----------------------------------------------------------
 // row[i] += alpha * grad[i], i < n. row: float32; grad: dtype.

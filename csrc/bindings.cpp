@@ -8,7 +8,7 @@
 #endif
 
 // Bump together with neox_acodm/ops.py ABI_VERSION.
-#define NEOX_ACODM_ABI_VERSION 1
+#define NEOX_ACODM_ABI_VERSION 3
 
 #define ACODM_CHECK(cond, ...) TORCH_CHECK_VALUE(cond, __VA_ARGS__)
 
@@ -92,7 +92,8 @@ void sketch_accumulate(torch::Tensor sketch, torch::Tensor grad, int64_t domain,
   ACODM_CHECK(domain >= 0 && domain < sketch.size(0), "domain: ", domain, " out of range [0, ",
               sketch.size(0), ")");
   ACODM_CHECK(offset >= 0 && offset + n <= (int64_t{1} << 32), "offset: global indices must stay below 2**32");
-  ACODM_CHECK(k > 0 && k < (int64_t{1} << 31), "sketch: width must be in [1, 2**31)");
+  ACODM_CHECK(k > 0 && k < (int64_t{1} << 31) && k % 8 == 0,
+              "sketch: width must be a positive multiple of 8 below 2**31, got ", k);
   float* row = sketch.data_ptr<float>() + domain * k;
   if (sketch.is_cuda()) {
 #ifdef NEOX_ACODM_WITH_CUDA

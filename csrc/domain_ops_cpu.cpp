@@ -190,62 +190,115 @@ void gram_cpu(const float* B, int64_t D, int64_t P, double* out) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Count-sketch
+// Count-sketch (blocked: 8 consecutive elements -> one rotated group of 8 buckets)
 // ---------------------------------------------------------------------------------------
 namespace {
 
-// v with its sign flipped when the hash's top bit is set: branch-free (random signs make a
-// branch mispredict half the time, which cost ~15 cycles per element)
-inline float signed_by(float v, uint32_t h) {
+// v with its sign bit xor-ed by ``sign_bit``: branch-free (random signs make a branch
+// mispredict half the time)
+inline float signed_by(float v, uint32_t sign_bit) {
   uint32_t bits;
   std::memcpy(&bits, &v, 4);
-  bits ^= h & 0x80000000u;
+  bits ^= sign_bit;
   std::memcpy(&v, &bits, 4);
   return v;
 }
 
 template <typename Load>
-void sketch_range(float* row, uint32_t k, int64_t lo, int64_t hi, int64_t offset, uint32_t s,
-                  float alpha, Load load) {
-  int64_t i = lo;
-#ifdef ACODM_AVX2
-  alignas(32) uint32_t hb[8];
-  const __m256i vs = _mm256_set1_epi32(static_cast<int>(s));
-  const __m256i m1 = _mm256_set1_epi32(0x45D9F3B);
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  for (; i + 8 <= hi; i += 8) {
-    __m256i x = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset + i))), lane);
-    x = _mm256_xor_si256(x, vs);
-    x = _mm256_mullo_epi32(_mm256_xor_si256(_mm256_srli_epi32(x, 16), x), m1);
-    x = _mm256_mullo_epi32(_mm256_xor_si256(_mm256_srli_epi32(x, 16), x), m1);
-    x = _mm256_xor_si256(_mm256_srli_epi32(x, 16), x);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(hb), x);
-    for (int l = 0; l < 8; ++l) {
-      const uint32_t h = hb[l];
-      row[bucket_of(h, k)] += signed_by(alpha * load(i + l), h);
-    }
-  }
-#endif
-  for (; i < hi; ++i) {
-    const uint32_t h = mix32(static_cast<uint32_t>(offset + i) ^ s);
-    row[bucket_of(h, k)] += signed_by(alpha * load(i), h);
+inline void sketch_scalar(float* row, uint32_t k, int64_t lo, int64_t hi, int64_t offset, uint32_t s,
+                          uint32_t sb, float alpha, Load load) {
+  const uint32_t ss = sign_seed(s);
+  for (int64_t i = lo; i < hi; ++i) {
+    const uint32_t j = static_cast<uint32_t>(offset + i);
+    row[sketch_bucket(j, k, sb)] += signed_by(alpha * load(i), sketch_sign_bit(j, ss));
   }
 }
 
-template <typename Load>
-void sketch_impl(float* row, int64_t k, int64_t n, int64_t offset, uint64_t seed, float alpha, Load load) {
+#ifdef ACODM_AVX2
+inline __m256 load8(const float* g) { return _mm256_loadu_ps(g); }
+inline __m256 load8(const uint16_t* g, DType dt) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g));
+  if (dt == DType::BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+#if defined(__F16C__)
+  return _mm256_cvtph_ps(raw);
+#else
+  alignas(32) float f[8];
+  for (int l = 0; l < 8; ++l) f[l] = f16_to_f32(g[l]);
+  return _mm256_load_ps(f);
+#endif
+}
+#endif
+
+// i in [lo, hi); vector path for whole 8-aligned blocks of the global index
+template <typename Load, typename Vec>
+void sketch_range(float* row, uint32_t k, int64_t lo, int64_t hi, int64_t offset, uint32_t s, float alpha,
+                  Load load, Vec vec) {
+  const uint32_t sb = block_seed(s);
+  int64_t i = lo;
+#ifdef ACODM_AVX2
+  const int64_t first = lo + ((8 - ((offset + lo) & 7)) & 7);
+  if (first + 8 <= hi) {
+    sketch_scalar(row, k, lo, first, offset, s, sb, alpha, load);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i shl = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);  // bit l -> bit 31
+    const uint32_t ss = sign_seed(s);
+    const __m256i top = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+    const __m256 va = _mm256_set1_ps(alpha);
+    __m256i rot[8];  // rot[r][m] = (m - r) & 7: lane l moves to (l + r) & 7
+    for (int r = 0; r < 8; ++r)
+      rot[r] = _mm256_and_si256(_mm256_sub_epi32(lane, _mm256_set1_epi32(r)), _mm256_set1_epi32(7));
+    const uint32_t kb = k >> 3;
+    const __m256i m1 = _mm256_set1_epi32(0x45D9F3B);
+    const __m256i vsb = _mm256_set1_epi32(static_cast<int>(sb)), vss = _mm256_set1_epi32(static_cast<int>(ss));
+    auto mix8 = [&](__m256i x) {  // mix32 on 8 lanes
+      x = _mm256_mullo_epi32(_mm256_xor_si256(_mm256_srli_epi32(x, 16), x), m1);
+      x = _mm256_mullo_epi32(_mm256_xor_si256(_mm256_srli_epi32(x, 16), x), m1);
+      return _mm256_xor_si256(_mm256_srli_epi32(x, 16), x);
+    };
+    auto block = [&](int64_t ii, uint32_t hb, uint32_t hs) {
+      const __m256i signs = _mm256_and_si256(_mm256_sllv_epi32(_mm256_set1_epi32(static_cast<int>(hs)), shl), top);
+      __m256 v = _mm256_xor_ps(_mm256_mul_ps(vec(ii), va), _mm256_castsi256_ps(signs));
+      v = _mm256_permutevar8x32_ps(v, rot[hb & 7u]);
+      float* dst = row + 8 * static_cast<int64_t>(bucket_of(hb, kb));
+      _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), v));
+    };
+    alignas(32) uint32_t hbs[8], hss[8];
+    i = first;
+    for (; i + 64 <= hi; i += 64) {  // 8 blocks: their two hashes in vector lanes
+      const __m256i blk = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset + i) >> 3)), lane);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(hbs), mix8(_mm256_xor_si256(blk, vsb)));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(hss), mix8(_mm256_xor_si256(blk, vss)));
+      for (int q = 0; q < 8; ++q) block(i + 8 * q, hbs[q], hss[q]);
+    }
+    for (; i + 8 <= hi; i += 8) {
+      const uint32_t b = static_cast<uint32_t>(offset + i) >> 3;
+      block(i, mix32(b ^ sb), mix32(b ^ ss));
+    }
+  }
+#endif
+  sketch_scalar(row, k, i, hi, offset, s, sb, alpha, load);
+}
+
+template <typename Load, typename Vec>
+void sketch_impl(float* row, int64_t k, int64_t n, int64_t offset, uint64_t seed, float alpha, Load load, Vec vec) {
   const uint32_t s = seed_mix(seed);
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), n / (1 << 16))));
   if (nt == 1) {
-    sketch_range(row, static_cast<uint32_t>(k), 0, n, offset, s, alpha, load);
+    sketch_range(row, static_cast<uint32_t>(k), 0, n, offset, s, alpha, load, vec);
     return;
   }
   std::vector<float> priv(static_cast<size_t>(nt) * k, 0.0f);
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num();
-    sketch_range(priv.data() + static_cast<size_t>(t) * k, static_cast<uint32_t>(k), n * t / nt,
-                 n * (t + 1) / nt, offset, s, alpha, load);
+    // split at multiples of 8 of the global index so no block straddles two threads
+    auto cut = [&](int q) {
+      if (q == nt) return n;
+      const int64_t c = n * q / nt;
+      return std::min<int64_t>(n, c - ((offset + c) & 7));
+    };
+    sketch_range(priv.data() + static_cast<size_t>(t) * k, static_cast<uint32_t>(k), cut(t), cut(t + 1), offset,
+                 s, alpha, load, vec);
   }
   for (int t = 0; t < nt; ++t) {
     const float* p = priv.data() + static_cast<size_t>(t) * k;
@@ -261,17 +314,27 @@ void sketch_cpu(float* row, int64_t k, const void* grad, DType dtype, int64_t n,
   switch (dtype) {
     case DType::F32: {
       const float* g = static_cast<const float*>(grad);
-      sketch_impl(row, k, n, offset, seed, alpha, [g](int64_t i) { return g[i]; });
+      sketch_impl(row, k, n, offset, seed, alpha, [g](int64_t i) { return g[i]; }
+#ifdef ACODM_AVX2
+                  , [g](int64_t i) { return load8(g + i); }
+#else
+                  , [](int64_t) { return 0; }
+#endif
+      );
       break;
     }
-    case DType::BF16: {
-      const uint16_t* g = static_cast<const uint16_t*>(grad);
-      sketch_impl(row, k, n, offset, seed, alpha, [g](int64_t i) { return bf16_to_f32(g[i]); });
-      break;
-    }
+    case DType::BF16:
     case DType::F16: {
       const uint16_t* g = static_cast<const uint16_t*>(grad);
-      sketch_impl(row, k, n, offset, seed, alpha, [g](int64_t i) { return f16_to_f32(g[i]); });
+      const bool bf = dtype == DType::BF16;
+      sketch_impl(row, k, n, offset, seed, alpha,
+                  [g, bf](int64_t i) { return bf ? bf16_to_f32(g[i]) : f16_to_f32(g[i]); }
+#ifdef ACODM_AVX2
+                  , [g, dtype](int64_t i) { return load8(g + i, dtype); }
+#else
+                  , [](int64_t) { return 0; }
+#endif
+      );
       break;
     }
   }

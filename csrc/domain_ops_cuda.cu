@@ -7,7 +7,7 @@
 //             bank conflicts); thread t owns pair (i, j), i <= j, of the upper triangle and
 //             accumulates it over the block's tiles in fp32 per tile, fp64 across tiles;
 //             one fp64 atomicAdd per pair per block. B is read from HBM exactly once.
-// sketch:     hash per element; shared-memory private sketch per block when k fits, else
+// sketch:     blocked count-sketch bucket + per-element sign; shared-memory private sketch per block when k fits, else
 //             global atomics (L2 resident for k <= a few MiB).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -115,9 +115,10 @@ __global__ void sketch_kernel(float* __restrict__ row, uint32_t k, const T* __re
   }
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const uint32_t h = acodm::mix32(static_cast<uint32_t>(offset + i) ^ s);
+    const uint32_t j = static_cast<uint32_t>(offset + i);
     const float v = alpha * to_f32(grad[i]);
-    atomicAdd((kShared ? priv : row) + acodm::bucket_of(h, k), (h >> 31) ? -v : v);
+    const bool neg = acodm::sketch_sign_bit(j, acodm::sign_seed(s)) != 0u;
+    atomicAdd((kShared ? priv : row) + acodm::sketch_bucket(j, k, acodm::block_seed(s)), neg ? -v : v);
   }
   if (kShared) {
     __syncthreads();

@@ -152,7 +152,7 @@ class RewardConfig:
         "exact", doc="`exact`: dense per-domain gradient buffer [K, P]; `sketch`: count-sketch "
         "[K, sketch_dim] (unbiased inner products, O(P) per micro-batch, all-reducible)."
     )
-    sketch_dim: int = _f(16384, doc="Count-sketch width k.", rng=(1, None, True, None))
+    sketch_dim: int = _f(16384, doc="Count-sketch width k (a multiple of 8).", rng=(8, None, True, None))
     sketch_seed: int = _f(0, doc="Seed of the count-sketch hashes (identical on every rank).")
     ema: float = _f(0.9, doc="xi, the EMA factor of the paper's reward (not given by the paper).",
                     rng=(0.0, 1.0, True, False))
@@ -430,6 +430,9 @@ def _validate(obj: Any, path: str) -> None:
         if obj.min_weight >= obj.max_weight:
             raise ConfigError(f"{path}.min_weight: must be below max_weight ({obj.max_weight}), "
                               f"got {obj.min_weight}")
+    elif isinstance(obj, RewardConfig):
+        if obj.sketch_dim % 8:
+            raise ConfigError(f"{path}.sketch_dim: must be a multiple of 8, got {obj.sketch_dim}")
     elif isinstance(obj, ProxyConfig):
         if obj.role != "none" and not obj.policy_path:
             raise ConfigError(f"{path}.policy_path: required when proxy.role is {obj.role!r}")

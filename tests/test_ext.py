@@ -44,7 +44,7 @@ def test_accumulate_matches_reference(dtype, n, offset):
 
 @needs_ext
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("n,offset,k", [(1, 0, 1), (9, 5, 4), (300_001, 17, 1000)])
+@pytest.mark.parametrize("n,offset,k", [(1, 0, 8), (9, 5, 16), (300_001, 17, 1000), (300_000, 8, 16384)])
 def test_sketch_matches_torch_reference(dtype, n, offset, k):
     g = torch.Generator().manual_seed(n + k)
     grad = torch.randn(n, generator=g).to(dtype)
@@ -65,6 +65,7 @@ def test_sketch_matches_torch_reference(dtype, n, offset, k):
     (lambda: ext.accumulate_domain_grad(torch.zeros(2, 8), torch.zeros(4), 0, 6, 1.0), "offset:"),
     (lambda: ext.domain_gram(torch.zeros(4, 4, dtype=torch.float64)), "buffer: expected a [D, P] float32"),
     (lambda: ext.sketch_accumulate(torch.zeros(2, 8), torch.zeros(6, 2)[:, 0], 0, 1, 0, 1.0), "grad: must be contiguous"),
+    (lambda: ext.sketch_accumulate(torch.zeros(2, 12), torch.zeros(6), 0, 1, 0, 1.0), "sketch: width must be a positive multiple of 8"),
 ])
 def test_bad_input_rejected_naming_the_argument(call, msg):
     with pytest.raises(ValueError, match=re.escape(msg)):

@@ -77,11 +77,24 @@ def test_sketch_is_unbiased_over_seeds():
 
 def test_hash_is_uniformish_and_signs_balanced():
     idx = torch.arange(200_000)
-    bucket, sign = ops.sketch_hash(idx, 0, 100)
-    counts = torch.bincount(bucket, minlength=100).double()
-    assert bucket.min() >= 0 and bucket.max() < 100
-    assert float(((counts - 2000) ** 2 / 2000).sum()) < 99 + 6 * math.sqrt(2 * 99)
+    bucket, sign = ops.sketch_hash(idx, 0, 104)
+    counts = torch.bincount(bucket, minlength=104).double()
+    expect = 200_000 / 104
+    assert bucket.min() >= 0 and bucket.max() < 104
+    assert float(((counts - expect) ** 2 / expect).sum()) < 103 + 6 * math.sqrt(2 * 103)
     assert abs(float(sign.mean())) < 0.01
+
+
+def test_blocked_sketch_collisions():
+    """Elements of one 8-block never share a bucket; across blocks any pair collides ~1/k."""
+    k = 64
+    bucket, _ = ops.sketch_hash(torch.arange(8 * 5000), 3, k)
+    blocks = bucket.reshape(-1, 8)
+    assert all(len(set(b.tolist())) == 8 for b in blocks[:500])
+    same_lane_pair = (blocks[:-1, 0] == blocks[1:, 0]).double().mean()   # lane 0 of adjacent blocks
+    cross_lane_pair = (blocks[:-1, 0] == blocks[1:, 5]).double().mean()  # lane 0 vs lane 5
+    for p in (same_lane_pair, cross_lane_pair):
+        assert abs(float(p) - 1 / k) < 4 * math.sqrt((1 / k) / 5000)
 
 
 def test_backend_selection(monkeypatch):
