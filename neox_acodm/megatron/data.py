@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from ..config import ACODMConfig, ConfigError
-from ..runtime import MixingRuntime
+from ..runtime import MixingRuntime, PlanIterator
 
 logger = logging.getLogger(__name__)
 
@@ -82,35 +82,17 @@ class DynamicBlendedDataset(Dataset):
         return {"dataset_id": torch.tensor(d, dtype=torch.int64), **self.datasets[d][int(i)]}
 
 
-class DynamicBlendedIterator:
-    """This DP rank's micro-batches, collated like Megatron's data loader, in plan order.
-
-    It reads the plan of the runtime's *current* step only, so it never looks ahead: asking for
-    micro-batch ``grad_accum + 1`` before :meth:`MixingRuntime.end_step` is an error (weights
-    would otherwise act late and saved cursors would include unconsumed batches). Use with
-    Megatron's ``--dataloader-type external``.
-    """
+class DynamicBlendedIterator(PlanIterator):
+    """This DP rank's micro-batches, collated like Megatron's data loader, in plan order, with
+    no look-ahead (see :class:`~neox_acodm.runtime.PlanIterator`). Use with Megatron's
+    ``--dataloader-type external``."""
 
     def __init__(self, dataset: DynamicBlendedDataset, runtime: MixingRuntime,
                  collate: Callable[[list[dict]], dict] = default_collate):
         if runtime.cursors is None or list(runtime.cursors.sizes) != dataset.sizes:
             raise ValueError("MixingRuntime must be built with dataset_sizes=DynamicBlendedDataset.sizes")
-        self.dataset, self.runtime, self.collate = dataset, runtime, collate
-        self._step, self._g, self._batches = -1, 0, []
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        rt = self.runtime
-        if rt.step != self._step:
-            self._step, self._g, self._batches = rt.step, 0, rt.micro_batches()
-        if self._g >= len(self._batches):
-            raise RuntimeError(f"step {rt.step}: all {len(self._batches)} micro-batches were consumed; "
-                               f"call MixingRuntime.end_step() before drawing the next step")
-        d, idx = self._batches[self._g]
-        self._g += 1
-        return self.collate([self.dataset[(d, i)] for i in idx])
+        super().__init__(runtime, lambda d, idx: collate([dataset[(d, i)] for i in idx]))
+        self.dataset = dataset
 
     # Megatron's maybe_save_dataloader_state hook: the state is global and lives in the runtime
     def save_state(self, path: str) -> None:

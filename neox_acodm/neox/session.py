@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import default_collate
 
 from ..config import ACODMConfig
-from ..runtime import MixingRuntime
+from ..runtime import MixingRuntime, PlanIterator
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,8 @@ class DeepSpeedMixingSession:
         """Endless iterator of collated micro-batches for this DP rank, in plan order."""
         if self.datasets is None:
             raise RuntimeError("this rank has no training datasets (not a data-loading rank)")
-        return _PlanIterator(self)
+        datasets, collate = self.datasets, self.collate
+        return PlanIterator(self.rt, lambda d, idx: collate([datasets[d][int(i)] for i in idx]))
 
     # -- loss ---------------------------------------------------------------------------------
     def wrap_loss(self, loss_fn: Callable) -> Callable:
@@ -101,22 +102,3 @@ class DeepSpeedMixingSession:
         self.domains_seen = []
         return metrics
 
-
-class _PlanIterator:
-    def __init__(self, session: DeepSpeedMixingSession):
-        self.s = session
-        self._step, self._g, self._batches = -1, 0, []
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        rt = self.s.rt
-        if rt.step != self._step:
-            self._step, self._g, self._batches = rt.step, 0, rt.micro_batches()
-        if self._g >= len(self._batches):
-            raise RuntimeError(f"acodm: step {rt.step} asked for more than {len(self._batches)} "
-                               f"micro-batches before the step ended")
-        d, idx = self._batches[self._g]
-        self._g += 1
-        return self.s.collate([self.s.datasets[d][int(i)] for i in idx])
