@@ -16,6 +16,9 @@ afterwards:
   plan iterator. Validation and test are unchanged.
 * ``megatron.training.train_step``: closes the step (reduce, rank-0 update, broadcast) and
   logs ``acodm/*`` through NeoX's TensorBoard/W&B writer.
+* ``megatron.training.evaluate_and_print_results``: after NeoX's blended validation, the
+  per-domain validation perplexity through NeoX's own ``evaluate``, when ``valid_data_paths``
+  match the domains one-to-one (``acodm/val_ppl/<domain>``).
 * ``megatron.checkpointing.save_ds_checkpoint``: writes ``<save>/global_stepN/acodm/state.pt``
   next to the DeepSpeed checkpoint, before NeoX's barrier, upload and rotation.
 """
@@ -80,6 +83,15 @@ class NeoXIntegration:
                    for d, p in zip(cfg.domains, paths)]
         self.cfg = cfg.replace(domains=domains, total_steps=cfg.total_steps or neox_args.train_iters)
         self.datasets = None
+        self.valid_datasets = None
+        valid_paths = list(getattr(neox_args, "valid_data_paths", None) or [])
+        # per-domain validation needs one valid path per domain, in domain order
+        self.per_domain_eval = len(valid_paths) == cfg.num_domains and all(
+            d.valid_path is None or os.path.normpath(d.valid_path) == os.path.normpath(p)
+            for d, p in zip(cfg.domains, valid_paths))
+        if valid_paths and not self.per_domain_eval:
+            logger.warning("acodm: valid_data_paths do not match acodm.domains one-to-one; per-domain "
+                           "validation perplexity is off")
         self.session = None
         self.patches: list[Patch] = []
 
@@ -91,6 +103,7 @@ class NeoXIntegration:
             Patch("megatron.training:cross_entropy", self._wrap_cross_entropy),
             Patch("megatron.training:shift_and_wrap_data_loaders", self._wrap_shift),
             Patch("megatron.training:train_step", self._wrap_train_step),
+            Patch("megatron.training:evaluate_and_print_results", self._wrap_eval),
             Patch("megatron.checkpointing:save_ds_checkpoint", self._wrap_save),
         ]
 
@@ -116,8 +129,11 @@ class NeoXIntegration:
             finally:
                 data_utils.get_normalized_weights_and_num_samples = sizing
             train = loaders[0] if isinstance(loaders, tuple) else loaders.get("train")
+            valid = loaders[1] if isinstance(loaders, tuple) else loaders.get("valid")
             if train is not None:
                 integ.datasets = list(train.dataset.datasets)
+            if valid is not None and len(getattr(valid.dataset, "datasets", [])) == integ.cfg.num_domains:
+                integ.valid_datasets = list(valid.dataset.datasets)
             return loaders
 
         return build_train_valid_test_data_loaders
@@ -207,6 +223,59 @@ class NeoXIntegration:
             tb_wandb_log(f"acodm/{key}", value, step, use_wandb=neox_args.use_wandb,
                          tensorboard_writer=neox_args.tensorboard_writer,
                          comet_experiment=getattr(neox_args, "comet_experiment", None))
+
+    def _wrap_eval(self, original):
+        import inspect
+
+        integ = self
+        sig = inspect.signature(original)
+
+        def evaluate_and_print_results(*args, **kwargs):
+            out = original(*args, **kwargs)
+            a = sig.bind(*args, **kwargs)
+            a.apply_defaults()
+            a = a.arguments
+            if a["chart_name"] == "validation" and integ.per_domain_eval and a["neox_args"].eval_iters > 0:
+                integ._evaluate_domains(a["neox_args"], a["forward_step_func"], a["model"], a["iteration"],
+                                        a["timers"], a["reference_model"])
+            return out
+
+        return evaluate_and_print_results
+
+    def _evaluate_domains(self, neox_args, forward_step_func, model, iteration, timers, reference_model) -> None:
+        """Per-domain validation perplexity with NeoX's own ``evaluate`` (every rank calls it),
+        on fixed windows of each domain's validation dataset; logged as acodm/val_ppl/<domain>."""
+        import megatron.training as training
+        import numpy as np
+        import torch
+        from megatron import mpu, print_rank_0
+        from megatron.logging import tb_wandb_log
+        from torch.utils.data import default_collate
+
+        mb = neox_args.train_micro_batch_size_per_gpu
+        dp, r = mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank()
+
+        def windows(ds):
+            b = 0
+            while True:
+                idx = ((b * dp + r) * mb + np.arange(mb)) % len(ds)
+                yield default_collate([ds[int(i)] for i in idx])
+                b += 1
+
+        ppl = {}
+        for i, name in enumerate(self.cfg.domain_names):
+            it = windows(self.valid_datasets[i]) if self.valid_datasets is not None else None
+            res = training.evaluate(neox_args=neox_args, forward_step_fn=forward_step_func, data_iterator=it,
+                                    model=model, verbose=False, timers=timers, reference_model=reference_model)
+            ppl[name] = res["lm_loss_ppl"]
+        ppl["avg"] = float(np.mean(list(ppl.values())))
+        if torch.distributed.get_rank() == 0:
+            for name, v in ppl.items():
+                tb_wandb_log(f"acodm/val_ppl/{name}", v, iteration, use_wandb=neox_args.use_wandb,
+                             tensorboard_writer=neox_args.tensorboard_writer,
+                             comet_experiment=getattr(neox_args, "comet_experiment", None))
+        print_rank_0(" acodm per-domain validation ppl at iteration {} | {}".format(
+            iteration, " | ".join(f"{k}: {v:.3f}" for k, v in ppl.items())))
 
     def _wrap_save(self, original):
         integ = self

@@ -42,7 +42,7 @@ for d, name in enumerate(%r):
 """ % (DOMAINS,)
 
 
-def neox_config(root: Path, save: str, load: str, tb: str, hidden: int = 64) -> dict:
+def neox_config(root: Path, save: str, load: str, tb: str, hidden: int = 64, **over) -> dict:
     data = [str(root / "data" / f"{d}_train_text_document") for d in DOMAINS]
     valid = [str(root / "data" / f"{d}_valid_text_document") for d in DOMAINS]
     return {
@@ -61,7 +61,7 @@ def neox_config(root: Path, save: str, load: str, tb: str, hidden: int = 64) -> 
         "tokenizer_type": "CharLevelTokenizer", "num_workers": 0, "distributed_backend": "gloo",
         "global_num_gpus": 2, "hostfile": str(root / "hostfile"), "no_ssh_check": True,
         "master_addr": "127.0.0.1", "launcher": "pdsh", "save": save, "load": load, "tensorboard_dir": tb,
-        "use_wandb": False, "seed": 1234,
+        "use_wandb": False, "seed": 1234, **over,
     }
 
 
@@ -167,3 +167,19 @@ def test_proxy_policy_from_small_neox_model_drives_a_larger_one(neox_env):
     for k, v in src.items():  # frozen: the target's actor is exactly the transferred policy
         assert torch.equal(v, state["mixer"]["agent"]["actor"][k])
     assert len(state["mixer"]["agent"]["replay"]["rewards"]) == 0
+
+
+def test_non_pipe_path_with_per_domain_validation(neox_env):
+    """pipe_parallel_size 0 (sequential model, losses through megatron.training.cross_entropy)
+    and per-domain validation perplexity through NeoX's own evaluate."""
+    root = neox_env
+    ckpt, tb = str(root / "ckpt_seq"), str(root / "tb_seq")
+    log = deepy(root, "seq", neox_config(root, ckpt, ckpt, tb, pipe_parallel_size=0, eval_interval=3, eval_iters=2),
+                acodm_block(root))
+    assert log.count("acodm per-domain validation ppl at iteration") >= 2
+    for d in DOMAINS + ["avg"]:
+        vals = scalars(tb, f"acodm/val_ppl/{d}")
+        assert len(vals) >= 2 and all(1 < v < 1e4 for v in vals)
+    assert len(scalars(tb, "acodm/weight/wiki")) == 6
+    state = torch.load(Path(ckpt) / "global_step6" / "acodm" / "state.pt", weights_only=True)
+    assert sum(state["cursors"]["positions"]) == 6 * 12
