@@ -3,7 +3,10 @@
 Tensor hooks on the selected parameters receive each micro-batch's own gradient *before* it is
 accumulated into ``.grad`` (so no differencing of accumulated gradients, and the boundary
 micro-batch is seen even when DeepSpeed clears ``.grad`` at the boundary, defects D3/D21 of the
-reference code). The gradient is added, on its own device, into a per-domain buffer:
+reference code). The n-th gradient a selected tensor receives in a step belongs to this rank's
+n-th micro-batch of the plan: within one pipeline stage backwards run in micro-batch order
+(1F1B included) and a weight gets exactly one gradient per micro-batch, so no schedule
+knowledge is needed. The gradient is added, on its own device, into a per-domain buffer:
 
 * ``exact``:  [K, P] float32 with P = sum of selected numels;
 * ``sketch``: [K, k] float32 count-sketch, linear, so the DP all-reduce moves K*k floats.
@@ -14,6 +17,7 @@ Nothing is copied to the host per micro-batch.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -26,7 +30,8 @@ class GradientProbe:
     """Accumulates per-domain gradients of ``params`` for one optimizer step at a time."""
 
     def __init__(self, params: list[SelectedParam], num_domains: int, estimator: str,
-                 sketch_dim: int, sketch_seed: int, ops: Ops):
+                 sketch_dim: int, sketch_seed: int, ops: Ops,
+                 domain_source: Callable[[], Sequence[int]] | None = None):
         if not params:
             raise ValueError("GradientProbe needs at least one parameter")
         self.params = params
@@ -45,19 +50,29 @@ class GradientProbe:
         device = params[0].param.device
         width = total if estimator == "exact" else sketch_dim
         self.buffer = torch.zeros(num_domains, width, dtype=torch.float32, device=device)
-        self._domain: int | None = None
+        # this step's micro-batch domains on this rank, pulled lazily from the plan at the first
+        # gradient of a step (ranks that load no data, e.g. middle pipeline stages, included)
+        self.domain_source = domain_source
+        self._domains: list[int] | None = None
+        self._calls = [0] * len(params)
         self._scale = 1.0
         self.hook_calls = 0
         self.capture_seconds = 0.0
-        self._handles = [sp.param.register_hook(self._make_hook(off))
-                         for sp, off in zip(params, self.offsets)]
+        self._handles = [sp.param.register_hook(self._make_hook(k, off))
+                         for k, (sp, off) in enumerate(zip(params, self.offsets))]
 
     # -- hot path ---------------------------------------------------------------------------
-    def _make_hook(self, offset: int):
+    def _make_hook(self, k: int, offset: int):
         def hook(grad: torch.Tensor):
-            d = self._domain
-            if d is None:  # a backward outside a tracked micro-batch (e.g. user code)
+            if self._domains is None:
+                if self.domain_source is None:
+                    return None
+                self._domains = [int(d) for d in self.domain_source()]
+            n = self._calls[k]
+            if n >= len(self._domains):  # a backward outside the plan (e.g. user code)
                 return None
+            self._calls[k] = n + 1
+            d = self._domains[n]
             t0 = time.perf_counter()
             self.hook_calls += 1
             g = grad if grad.is_contiguous() else grad.contiguous()
@@ -72,32 +87,27 @@ class GradientProbe:
 
         return hook
 
-    def begin_microbatch(self, domain: int, grad_scale: float = 1.0) -> None:
-        """The next backward belongs to ``domain``; gradients are multiplied by ``grad_scale``
-        (pass ``grad_accum / loss_scale`` to undo DeepSpeed's scaling)."""
-        self._domain = int(domain)
+    def set_grad_scale(self, grad_scale: float) -> None:
+        """Gradients are multiplied by ``grad_scale`` (pass ``grad_accum / loss_scale`` to undo
+        DeepSpeed's scaling)."""
         self._scale = float(grad_scale)
 
-    def end_microbatch(self) -> None:
-        self._domain = None
-
     # -- step boundary ----------------------------------------------------------------------
-    def reduce_gram(self, counts: torch.Tensor, group=None, partial_sum_group=None) -> torch.Tensor:
+    def reduce_gram(self, counts: torch.Tensor, group=None) -> torch.Tensor:
         """All-reduce the buffer over the data-parallel ``group``, divide row i by the global
         micro-batch count ``counts[i]`` and return the [K, K] float32 Gram of the mean
-        gradients; ``partial_sum_group`` (TP/PP) then sums the partial Grams of different
-        shards. Resets the buffer for the next step. Every rank of the groups must call it."""
+        gradients of *this rank's* selected tensors (a partial Gram under TP/PP). Resets for
+        the next step. Every rank of ``group`` must call it."""
         with torch.profiler.record_function("acodm/reduce"):
             if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
                 dist.all_reduce(self.buffer, group=group)
         with torch.profiler.record_function("acodm/gram"):
             gram = self.ops.gram(self.buffer)
-        inv = torch.where(counts > 0, 1.0 / counts.to(torch.float64).clamp_min(1), 0.0)
-        gram = (gram.to(torch.float64) * inv[:, None].to(gram.device) * inv[None, :].to(gram.device))
-        gram = gram.to(torch.float32)
-        if partial_sum_group is not None and dist.get_world_size(partial_sum_group) > 1:
-            dist.all_reduce(gram, group=partial_sum_group)
+        inv = torch.where(counts > 0, 1.0 / counts.to(torch.float64).clamp_min(1), 0.0).to(gram.device)
+        gram = (gram.to(torch.float64) * inv[:, None] * inv[None, :]).to(torch.float32)
         self.buffer.zero_()
+        self._domains = None
+        self._calls = [0] * len(self.params)
         return gram
 
     def remove(self) -> None:

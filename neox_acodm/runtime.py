@@ -34,7 +34,7 @@ from .mixers.acodm import ACODMMixer
 from .ops import get_ops
 from .plan import DomainCursors, StepPlan, build_step_plan, normalize_weights
 from .probe import GradientProbe
-from .selectors import select_params
+from .selectors import matching_layer_keys, select_params
 from .state import ParamNorms
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,31 @@ def resolve_initial_weights(cfg: ACODMConfig, token_counts: Sequence[float] | No
     return np.full(cfg.num_domains, 1.0 / cfg.num_domains)
 
 
+def _group_size(group) -> int:
+    return dist.get_world_size(group) if group is not None and dist.is_available() and dist.is_initialized() else 1
+
+
+def _sum_over(t: torch.Tensor, group) -> torch.Tensor:
+    """SUM over ``group``; no-op when ``group`` is None (unlike ``dp_group``, None is not the world)."""
+    if _group_size(group) > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+
+def _all_stage_keys(model: torch.nn.Module, selector, pipe_group) -> list[int]:
+    """Union over pipeline stages of the layer keys ``selector`` matches."""
+    local = matching_layer_keys(model, selector)
+    gathered: list = [None] * _group_size(pipe_group)
+    dist.all_gather_object(gathered, local, group=pipe_group)
+    return sorted({k for part in gathered for k in part})
+
+
+def _layer_positions(n: int, layers) -> list[int]:
+    from .selectors import _pick
+
+    return _pick(n, layers)
+
+
 class MixingRuntime:
     """Plans each step's data, captures per-domain gradients, reduces step statistics, runs
     the mixer on the owner and broadcasts the next weights."""
@@ -63,7 +88,7 @@ class MixingRuntime:
                  dp_size: int = 1, dp_rank: int = 0, grad_accum: int = 1, micro_batch: int = 1,
                  total_steps: int | None = None, model: torch.nn.Module | None = None,
                  token_counts: Sequence[float] | None = None, group=None, dp_group=None,
-                 partial_sum_group=None, comm_device: torch.device | str = "cpu",
+                 partial_sum_group=None, pipe_group=None, comm_device: torch.device | str = "cpu",
                  agent_device: torch.device | str | None = None):
         self.cfg = cfg
         self.k = cfg.num_domains
@@ -73,7 +98,11 @@ class MixingRuntime:
         if self.total_steps is None:
             raise ConfigError("acodm.total_steps: not set and the integration did not provide "
                               "train_iters; set acodm.total_steps")
+        # group: owner + broadcast (None = world); dp_group: sums over data parallel (None =
+        # world); partial_sum_group (tensor parallel) and pipe_group: partial Grams and norms of
+        # different shards/stages are summed there (None = no such parallelism)
         self.group, self.dp_group, self.partial_sum_group = group, dp_group, partial_sum_group
+        self.pipe_group = pipe_group
         self.comm_device = torch.device(comm_device)
         self.is_owner = group_rank(group) == 0
         init = resolve_initial_weights(cfg, token_counts)
@@ -87,27 +116,40 @@ class MixingRuntime:
         self.timings = {"capture": 0.0, "reduce_gram": 0.0, "mixer": 0.0}
 
         model_device = next(model.parameters()).device if model is not None else torch.device("cpu")
+        staged = _group_size(pipe_group) > 1
+        sharded = staged or _group_size(partial_sum_group) > 1
+        if sharded and cfg.state.update_norm == "exact":
+            raise ConfigError("acodm.state.update_norm: 'exact' keeps per-rank weight copies that "
+                              "are not checkpointed under tensor/pipeline parallelism; use 'norm_change'")
         self.probe: GradientProbe | None = None
         if cfg.needs_rewards:
             if model is None:
                 raise ValueError("AC-ODM (non-proxy) needs the model to capture per-domain gradients")
-            params = select_params(model, cfg.reward.params, "acodm.reward.params")
-            ops = get_ops(cfg.reward.backend, model_device)
-            self.probe = GradientProbe(params, self.k, cfg.reward.estimator, cfg.reward.sketch_dim,
-                                       cfg.reward.sketch_seed, ops)
-            logger.info("acodm: capturing per-domain gradients of %d tensors (%d elements, %s, "
-                        "buffer %.1f MiB, backend %s): %s", len(params), self.probe.num_params,
-                        cfg.reward.estimator, self.probe.memory_bytes() / 2**20, ops.name,
-                        [p.name for p in params])
+            keys = _all_stage_keys(model, cfg.reward.params, pipe_group) if staged else None
+            params = select_params(model, cfg.reward.params, "acodm.reward.params", keys=keys)
+            if params:  # a pipeline stage may own none of the selected layers
+                ops = get_ops(cfg.reward.backend, model_device)
+                self.probe = GradientProbe(params, self.k, cfg.reward.estimator, cfg.reward.sketch_dim,
+                                           cfg.reward.sketch_seed, ops,
+                                           domain_source=lambda: self.plan().domains[self.dp_rank])
+                logger.info("acodm: capturing per-domain gradients of %d tensors (%d elements, %s, "
+                            "buffer %.1f MiB, backend %s): %s", len(params), self.probe.num_params,
+                            cfg.reward.estimator, self.probe.memory_bytes() / 2**20, ops.name,
+                            [p.name for p in params])
         self.norms: ParamNorms | None = None
         num_norm_layers = 0
         if cfg.mixer == "acodm":
             if model is None:
                 raise ValueError("AC-ODM needs the model for the weight-norm state features")
-            norm_params = select_params(model, cfg.state.norm_params, "acodm.state.norm_params")
-            num_norm_layers = len(norm_params)
-            if self.is_owner:
-                self.norms = ParamNorms(norm_params, cfg.state.update_norm)
+            sel = cfg.state.norm_params
+            keys = _all_stage_keys(model, sel, pipe_group) if staged else None
+            norm_params = select_params(model, sel, "acodm.state.norm_params", keys=keys)
+            if keys is None:
+                positions, num_norm_layers = None, len(norm_params)
+            else:
+                chosen = [keys[i] for i in _layer_positions(len(keys), sel.layers)]
+                positions, num_norm_layers = [chosen.index(p.layer) for p in norm_params], len(chosen)
+            self.norms = ParamNorms(norm_params, cfg.state.update_norm, positions, num_norm_layers)
         self.mixer: Mixer | None = None
         if self.is_owner:
             dev = agent_device or (model_device if cfg.agent.device == "auto" else cfg.agent.device)
@@ -137,15 +179,20 @@ class MixingRuntime:
 
     # -- per micro-batch --------------------------------------------------------------------
     def begin_microbatch(self, index: int, grad_scale: float = 1.0) -> int:
-        """Micro-batch ``index`` of this rank starts; returns its domain."""
+        """Micro-batch ``index`` of this rank starts; returns its domain. ``grad_scale``
+        multiplies the captured gradients (e.g. ``grad_accum / loss_scale``)."""
         d = int(self.plan().domains[self.dp_rank, index])
         if self.probe is not None:
-            self.probe.begin_microbatch(d, grad_scale)
+            self.probe.set_grad_scale(grad_scale)
         return d
 
-    def end_microbatch(self) -> None:
+    def set_grad_scale(self, grad_scale: float) -> None:
+        """Scale applied to captured gradients (ranks that see no loss call this)."""
         if self.probe is not None:
-            self.probe.end_microbatch()
+            self.probe.set_grad_scale(grad_scale)
+
+    def end_microbatch(self) -> None:
+        """Kept for symmetry: gradients are attributed by per-tensor order, not by this call."""
 
     def record_loss(self, domain: int, loss: torch.Tensor | float) -> None:
         """Add one micro-batch's mean loss (no host sync: stays on device until the step ends)."""
@@ -159,21 +206,32 @@ class MixingRuntime:
         """Reduce the step's statistics, update the mixer on the owner, broadcast the next
         weights. Collective: every rank of ``group``/``dp_group`` must call it."""
         plan = self.plan()
-        stats_t = all_reduce_sum(torch.stack([self._loss_sum, self._loss_cnt]), self.dp_group).cpu()
+        stats_t = all_reduce_sum(torch.stack([self._loss_sum, self._loss_cnt]), self.dp_group)
+        stats_t = _sum_over(stats_t, self.pipe_group).cpu()  # losses live on the last stage
         cnt = stats_t[1].double()
         loss = torch.where(cnt > 0, stats_t[0].double() / cnt.clamp_min(1), float("nan")).numpy()
         gram = None
-        if self.probe is not None:
+        if self.cfg.needs_rewards:
             t0 = time.perf_counter()
-            gram = self.probe.reduce_gram(torch.as_tensor(plan.counts), self.dp_group,
-                                          self.partial_sum_group)
+            if self.probe is not None:
+                gram = self.probe.reduce_gram(torch.as_tensor(plan.counts), self.dp_group)
+                self.timings["capture"] = self.probe.capture_seconds
+            else:
+                gram = torch.zeros(self.k, self.k)
+            if _group_size(self.partial_sum_group) > 1 or _group_size(self.pipe_group) > 1:
+                gram = gram.to(self.comm_device)
+                gram = _sum_over(_sum_over(gram, self.partial_sum_group), self.pipe_group).cpu()
             self.timings["reduce_gram"] += time.perf_counter() - t0
-            self.timings["capture"] = self.probe.capture_seconds
+        norms = upd = None
+        if self.norms is not None:  # collective under TP/PP: every rank measures
+            norms, upd = self.norms.measure(
+                lambda t: _sum_over(_sum_over(t.to(self.comm_device), self.partial_sum_group),
+                                    self.pipe_group).cpu())
         new = None
         metrics: dict[str, float] = {}
         if self.is_owner:
             t0 = time.perf_counter()
-            new, metrics = self._owner_update(plan, loss, gram)
+            new, metrics = self._owner_update(plan, loss, gram, norms, upd)
             self.timings["mixer"] += time.perf_counter() - t0
         self.weights = broadcast_weights(new, self.k, self.group, self.comm_device)
         self.step += 1
@@ -182,10 +240,7 @@ class MixingRuntime:
         self._loss_cnt.zero_()
         return metrics
 
-    def _owner_update(self, plan: StepPlan, loss: np.ndarray, gram) -> tuple[np.ndarray, dict]:
-        norms = upd = None
-        if self.norms is not None:
-            norms, upd = self.norms.measure()
+    def _owner_update(self, plan: StepPlan, loss: np.ndarray, gram, norms, upd) -> tuple[np.ndarray, dict]:
         stats = StepStats(step=self.step, weights=self.weights.copy(), probs=plan.probs,
                           counts=plan.counts, loss=loss, gram=gram, norms=norms, update_norms=upd)
         if not stats.is_finite():

@@ -60,18 +60,43 @@ def _pick(n: int, layers: tuple[int, ...] | str) -> list[int]:
     return out
 
 
+def matching_layer_keys(model: torch.nn.Module, selector: ParamSelector) -> list[int]:
+    """Sorted layer keys of the modules ``selector`` matches in ``model`` (this stage)."""
+    pattern = compile_module_pattern(selector.module)
+    return sorted({_layer_key(n) for n, _ in model.named_modules() if n and pattern.search(n)})
+
+
 def select_params(model: torch.nn.Module, selector: ParamSelector, what: str = "selector",
-                  allow_empty: bool = False) -> list[SelectedParam]:
+                  allow_empty: bool = False, keys: list[int] | None = None) -> list[SelectedParam]:
     """Return the selected parameters in layer order.
 
-    Raises ``ConfigError`` naming ``what`` (e.g. ``acodm.reward.params``) when nothing matches,
-    listing a few module names so the user can write the right pattern.
+    ``keys``: the layer keys of *all* pipeline stages (see :func:`matching_layer_keys`); the
+    positions in ``selector.layers`` are then resolved against the whole model and this stage
+    keeps the chosen layers it owns (possibly none). Raises ``ConfigError`` naming ``what``
+    (e.g. ``acodm.reward.params``) when nothing matches, listing a few module names.
     """
     pattern = compile_module_pattern(selector.module)
     matches: list[tuple[int, str, torch.nn.Module]] = []
     for name, mod in model.named_modules():
         if name and pattern.search(name):
             matches.append((_layer_key(name), name, mod))
+    if keys is not None:
+        if not keys:
+            raise ConfigError(f"{what}.module: {selector.module!r} matches no module on any pipeline stage")
+        try:
+            chosen = [keys[i] for i in _pick(len(keys), selector.layers)]
+        except ConfigError as e:
+            raise ConfigError(f"{what}.{e}") from None
+        local = {key: (name, mod) for key, name, mod in matches}
+        out = []
+        for key in chosen:
+            if key in local:
+                name, mod = local[key]
+                p = getattr(mod, selector.param, None)
+                if not isinstance(p, torch.nn.Parameter):
+                    raise ConfigError(f"{what}.param: module {name!r} has no parameter {selector.param!r}")
+                out.append(SelectedParam(f"{name}.{selector.param}", key, p))
+        return out
     if not matches:
         if allow_empty:
             return []

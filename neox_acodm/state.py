@@ -15,6 +15,8 @@ Each of the first five groups is z-scored across its entries when ``normalize ==
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .rewards import zscore
@@ -26,32 +28,48 @@ def state_dim(num_domains: int, num_norm_layers: int) -> int:
 
 
 class ParamNorms:
-    """Norms of the norm layers and of their last update. Keeps a device copy only in
-    ``exact`` mode."""
+    """Norms of the norm layers and of their last update.
 
-    def __init__(self, params: list[SelectedParam], update_norm: str):
+    ``params`` are this rank's selected tensors and ``positions`` their places among the
+    ``num_layers`` norm layers of the whole model. Each rank contributes squared norms of what
+    it owns; ``reduce`` sums them over tensor/pipeline-parallel groups, so sharded or staged
+    models give full norms. Keeps a device copy only in ``exact`` mode.
+    """
+
+    def __init__(self, params: list[SelectedParam], update_norm: str, positions: list[int] | None = None,
+                 num_layers: int | None = None):
         self.params = params
+        self.positions = list(range(len(params))) if positions is None else positions
+        self.num_layers = len(params) if num_layers is None else num_layers
         self.update_norm = update_norm
         self._prev_norms: torch.Tensor | None = None
         self._prev_weights: list[torch.Tensor] | None = None
 
     @torch.no_grad()
-    def measure(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def measure(self, reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (norms [L], update_norms [L]) float32 on the CPU (one small transfer per step)."""
-        norms = torch.stack([torch.linalg.vector_norm(p.param.detach().float()) for p in self.params])
+        sq = torch.zeros(2, self.num_layers, dtype=torch.float64)
+        first = self._prev_weights is None
+        for i, (p, pos) in enumerate(zip(self.params, self.positions)):
+            w = p.param.detach()
+            sq[0, pos] += float(torch.linalg.vector_norm(w.float())) ** 2
+            if self.update_norm == "exact" and not first:
+                sq[1, pos] += float(torch.linalg.vector_norm((w - self._prev_weights[i]).float())) ** 2
         if self.update_norm == "exact":
-            if self._prev_weights is None:
-                upd = torch.zeros_like(norms)
+            if first:
                 self._prev_weights = [p.param.detach().clone() for p in self.params]
             else:
-                upd = torch.stack([torch.linalg.vector_norm((p.param.detach() - q).float())
-                                   for p, q in zip(self.params, self._prev_weights)])
                 for p, q in zip(self.params, self._prev_weights):
                     q.copy_(p.param.detach())
+        sq = reduce(sq)
+        norms = sq[0].sqrt()
+        if self.update_norm == "exact":
+            upd = sq[1].sqrt()
         else:
             upd = torch.zeros_like(norms) if self._prev_norms is None else (norms - self._prev_norms).abs()
             self._prev_norms = norms
-        return norms.float().cpu(), upd.float().cpu()
+        return norms.float(), upd.float()
 
     def state_dict(self) -> dict:
         return {"prev_norms": self._prev_norms,
@@ -61,7 +79,6 @@ class ParamNorms:
         self._prev_norms = state["prev_norms"]
         pw = state.get("prev_weights")
         self._prev_weights = ([w.to(p.param.device) for w, p in zip(pw, self.params)] if pw else None)
-
 
 class StateBuilder:
     """Builds s_t from one step's statistics; remembers the previous losses."""

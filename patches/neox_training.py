@@ -76,9 +76,6 @@ class NeoXIntegration:
         if getattr(neox_args, "train_epochs", None):
             raise ConfigError("acodm: train_epochs mode is not supported (dynamic weights need "
                               "train_iters); set train_iters")
-        if neox_args.is_pipe_parallel and neox_args.pipe_parallel_size > 1:
-            raise ConfigError("acodm: pipe_parallel_size > 1 is not supported yet (1F1B interleaves "
-                              "micro-batch backwards); use pipe_parallel_size 0 or 1")
         domains = [dict(name=d.name, train_path=p, valid_path=d.valid_path, weight=d.weight)
                    for d, p in zip(cfg.domains, paths)]
         self.cfg = cfg.replace(domains=domains, total_steps=cfg.total_steps or neox_args.train_iters)
@@ -157,12 +154,13 @@ class NeoXIntegration:
         na = self.neox_args
         comm = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
         tp_group = mpu.get_model_parallel_group() if mpu.get_model_parallel_world_size() > 1 else None
+        pp_group = mpu.get_pipe_parallel_group() if mpu.get_pipe_parallel_world_size() > 1 else None
         self.session = DeepSpeedMixingSession(
             self.cfg, model, datasets=self.datasets, dp_size=mpu.get_data_parallel_world_size(),
             dp_rank=mpu.get_data_parallel_rank(), grad_accum=na.gradient_accumulation_steps,
             micro_batch=na.train_micro_batch_size_per_gpu, total_steps=self.cfg.total_steps,
             dp_group=mpu.get_data_parallel_group(), group=None, partial_sum_group=tp_group,
-            comm_device=comm)
+            pipe_group=pp_group, comm_device=comm)
         if na.is_pipe_parallel:
             model.module.loss_fn = self.session.wrap_loss(model.module.loss_fn)
         if na.load and na.iteration:

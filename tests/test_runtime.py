@@ -138,3 +138,19 @@ def test_selectors_resolve_by_role_and_position():
         select_params(model, ParamSelector(module="linear_fc9"), "acodm.reward.params")
     with pytest.raises(ConfigError, match="index 9 is out of range for 6"):
         select_params(model, ParamSelector(layers=(9,)), "acodm.reward.params")
+
+
+def test_selectors_resolve_positions_across_pipeline_stages():
+    """With the layer keys of all stages, -1 means the model's last layer, wherever it lives."""
+    from neox_acodm.config import ParamSelector
+    from neox_acodm.selectors import matching_layer_keys
+
+    model = TinyLM(layers=6)
+    keys = matching_layer_keys(model, ParamSelector())
+    assert keys == [0, 1, 2, 3, 4, 5]
+    stage0 = torch.nn.Module()
+    stage0.layers = torch.nn.ModuleList(model.layers[:3])  # owns layers 0..2 only
+    sel = ParamSelector(layers=(-1, -4))
+    assert [p.layer for p in select_params(stage0, sel, keys=keys)] == [2]
+    assert [p.layer for p in select_params(model, sel, keys=keys)] == [5, 2]
+    assert select_params(stage0, ParamSelector(layers=(-1,)), keys=keys) == []

@@ -8,9 +8,10 @@ or a single-stage ``PipelineEngine``).
   prefetches: weights act on the very next step and the saved cursors count exactly the
   consumed samples.
 * **Micro-batch domains and losses.** The loss function is wrapped (:meth:`wrap_loss`). On
-  every rank that computes the loss, tensor-parallel ranks without a data loader included,
-  each grad-enabled call is micro-batch ``g`` of the step. The wrapper tells the gradient
-  probe the domain before the backward and records the per-domain loss.
+  every rank that computes the loss (the last pipeline stage, tensor-parallel ranks without
+  a data loader included), each grad-enabled call is micro-batch ``g`` of the step, and the
+  wrapper records the per-domain loss. Gradients are attributed by the probe itself: the
+  n-th gradient of a selected weight is micro-batch n, on every stage, whatever the schedule.
 * **Step boundary.** :meth:`end_step` runs after the engine's optimizer step. It reduces the
   statistics, updates the agent on rank 0 and broadcasts the weights.
 """
@@ -43,7 +44,7 @@ class DeepSpeedMixingSession:
 
     def __init__(self, cfg: ACODMConfig, engine, *, datasets: Sequence | None, dp_size: int, dp_rank: int,
                  grad_accum: int, micro_batch: int, total_steps: int, dp_group=None, group=None,
-                 partial_sum_group=None, comm_device: torch.device | str = "cpu",
+                 partial_sum_group=None, pipe_group=None, comm_device: torch.device | str = "cpu",
                  collate: Callable[[list], dict] = default_collate):
         self.engine = engine
         self.datasets = list(datasets) if datasets is not None else None
@@ -53,9 +54,16 @@ class DeepSpeedMixingSession:
             cfg, dataset_sizes=[len(d) for d in self.datasets] if self.datasets is not None else None,
             dp_size=dp_size, dp_rank=dp_rank, grad_accum=grad_accum, micro_batch=micro_batch,
             total_steps=total_steps, model=module, group=group, dp_group=dp_group,
-            partial_sum_group=partial_sum_group, comm_device=comm_device)
+            partial_sum_group=partial_sum_group, pipe_group=pipe_group, comm_device=comm_device)
         self.micro = 0
         self.domains_seen: list[int] = []  # domains the loss saw this step (for checks/tests)
+        # every stage scales its captured gradients the same way from the first step on
+        self.rt.set_grad_scale(self._grad_scale())
+
+    def _grad_scale(self) -> float:
+        """``grad_accum / loss_scale``: undoes DeepSpeed's scaling of the hooked gradients."""
+        ga = getattr(self.engine, "gradient_accumulation_steps", None)
+        return (float(ga()) if callable(ga) else float(self.rt.grad_accum)) / _loss_scale(self.engine)
 
     # -- data ---------------------------------------------------------------------------------
     def train_iterator(self):
@@ -83,9 +91,7 @@ class DeepSpeedMixingSession:
         if self.micro >= self.rt.grad_accum:
             raise RuntimeError(f"acodm: more than gradient_accumulation_steps={self.rt.grad_accum} "
                                f"training losses in one step; was end_step() skipped?")
-        ga = getattr(self.engine, "gradient_accumulation_steps", None)
-        scale = float(ga()) if callable(ga) else float(self.rt.grad_accum)
-        d = self.rt.begin_microbatch(self.micro, grad_scale=scale / _loss_scale(self.engine))
+        d = self.rt.begin_microbatch(self.micro, grad_scale=self._grad_scale())
         self.rt.record_loss(d, loss)
         self.domains_seen.append(d)
         self.micro += 1
@@ -98,6 +104,8 @@ class DeepSpeedMixingSession:
             raise RuntimeError(f"acodm: saw {self.micro} training losses in a step of "
                                f"{self.rt.grad_accum} micro-batches; the loss wrapper missed some")
         metrics = self.rt.end_step()
+        # ranks that compute no loss (earlier pipeline stages) follow loss-scale changes here
+        self.rt.set_grad_scale(self._grad_scale())
         self.micro = 0
         self.domains_seen = []
         return metrics
