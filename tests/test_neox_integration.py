@@ -207,3 +207,16 @@ def test_two_pipeline_stages_train_and_resume_exactly(neox_env):
     assert torch.equal(full["weights"], resumed["weights"])
     for k, v in full["mixer"]["agent"]["critic"].items():
         assert torch.equal(v, resumed["mixer"]["agent"]["critic"][k])
+
+
+def test_two_tensor_parallel_ranks(neox_env):
+    """model_parallel_size 2: each TP rank captures its shard, partial Grams are summed over
+    the TP group, and the rank without a data loader still follows the plan."""
+    root = neox_env
+    ckpt, tb = str(root / "ckpt_tp"), str(root / "tb_tp")
+    log = deepy(root, "tp", neox_config(root, ckpt, ckpt, tb, model_parallel_size=2), acodm_block(root))
+    assert log.count("capturing per-domain gradients of 2 tensors (16384 elements") == 2  # half of 32768 each
+    rewards = [scalars(tb, f"acodm/reward/{d}") for d in DOMAINS]
+    assert all(len(r) == 6 for r in rewards) and any(v != 0 for r in rewards for v in r)
+    state = torch.load(Path(ckpt) / "global_step6" / "acodm" / "state.pt", weights_only=True)
+    assert state["step"] == 6 and sum(state["cursors"]["positions"]) == 6 * 6  # dp=1: 6 samples/step
