@@ -36,3 +36,23 @@ def all_reduce_sum(t: torch.Tensor, group=None) -> torch.Tensor:
     if is_distributed(group):
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return t
+
+
+def group_size(group) -> int:
+    """World size of ``group``; 1 when ``group`` is None or torch.distributed is not running."""
+    return dist.get_world_size(group) if group is not None and dist.is_available() and dist.is_initialized() else 1
+
+
+def sum_over(t: torch.Tensor, group) -> torch.Tensor:
+    """In-place SUM over ``group``; a no-op when ``group`` is None (unlike :func:`all_reduce_sum`,
+    where None means the world): for optional tensor/pipeline-parallel groups."""
+    if group_size(group) > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+
+def all_stage_keys(local_keys: list[int], pipe_group) -> list[int]:
+    """Union over the pipeline stages of each stage's ``local_keys``."""
+    gathered: list = [None] * group_size(pipe_group)
+    dist.all_gather_object(gathered, local_keys, group=pipe_group)
+    return sorted({k for part in gathered for k in part})

@@ -4,10 +4,9 @@ One optimizer step, seen from any rank::
 
     plan = rt.plan()                         # same on every rank: f(seed, step, weights)
     for g, (domain, idx) in enumerate(rt.micro_batches()):
-        rt.begin_microbatch(g)               # tells the gradient probe the domain
+        rt.begin_microbatch(g)               # grad scale; gradients map to plan order
         loss = model(batch(domain, idx)); loss.backward()
         rt.record_loss(domain, loss)
-        rt.end_microbatch()
     optimizer.step()
     metrics = rt.end_step()                  # reduce, update on the owner, broadcast weights
 
@@ -28,13 +27,13 @@ import torch.distributed as dist
 
 from . import checkpoint
 from .config import ACODMConfig, ConfigError
-from .dist import all_reduce_sum, broadcast_weights, group_rank, is_distributed
+from .dist import all_reduce_sum, all_stage_keys, broadcast_weights, group_rank, group_size, is_distributed, sum_over
 from .mixers import Mixer, StepStats, build_mixer
 from .mixers.acodm import ACODMMixer
 from .ops import get_ops
 from .plan import DomainCursors, StepPlan, build_step_plan, normalize_weights
 from .probe import GradientProbe
-from .selectors import matching_layer_keys, select_params
+from .selectors import chosen_layer_keys, matching_layer_keys, select_params
 from .state import ParamNorms
 
 logger = logging.getLogger(__name__)
@@ -53,31 +52,6 @@ def resolve_initial_weights(cfg: ACODMConfig, token_counts: Sequence[float] | No
                               "which this integration did not provide; use 'config' or 'uniform'")
         return np.asarray(token_counts, dtype=np.float64)
     return np.full(cfg.num_domains, 1.0 / cfg.num_domains)
-
-
-def _group_size(group) -> int:
-    return dist.get_world_size(group) if group is not None and dist.is_available() and dist.is_initialized() else 1
-
-
-def _sum_over(t: torch.Tensor, group) -> torch.Tensor:
-    """SUM over ``group``; no-op when ``group`` is None (unlike ``dp_group``, None is not the world)."""
-    if _group_size(group) > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-    return t
-
-
-def _all_stage_keys(model: torch.nn.Module, selector, pipe_group) -> list[int]:
-    """Union over pipeline stages of the layer keys ``selector`` matches."""
-    local = matching_layer_keys(model, selector)
-    gathered: list = [None] * _group_size(pipe_group)
-    dist.all_gather_object(gathered, local, group=pipe_group)
-    return sorted({k for part in gathered for k in part})
-
-
-def _layer_positions(n: int, layers) -> list[int]:
-    from .selectors import _pick
-
-    return _pick(n, layers)
 
 
 class MixingRuntime:
@@ -116,8 +90,8 @@ class MixingRuntime:
         self.timings = {"capture": 0.0, "reduce_gram": 0.0, "mixer": 0.0}
 
         model_device = next(model.parameters()).device if model is not None else torch.device("cpu")
-        staged = _group_size(pipe_group) > 1
-        sharded = staged or _group_size(partial_sum_group) > 1
+        staged = group_size(pipe_group) > 1
+        sharded = staged or group_size(partial_sum_group) > 1
         if sharded and cfg.state.update_norm == "exact":
             raise ConfigError("acodm.state.update_norm: 'exact' keeps per-rank weight copies that "
                               "are not checkpointed under tensor/pipeline parallelism; use 'norm_change'")
@@ -125,7 +99,7 @@ class MixingRuntime:
         if cfg.needs_rewards:
             if model is None:
                 raise ValueError("AC-ODM (non-proxy) needs the model to capture per-domain gradients")
-            keys = _all_stage_keys(model, cfg.reward.params, pipe_group) if staged else None
+            keys = all_stage_keys(matching_layer_keys(model, cfg.reward.params), pipe_group) if staged else None
             params = select_params(model, cfg.reward.params, "acodm.reward.params", keys=keys)
             if params:  # a pipeline stage may own none of the selected layers
                 ops = get_ops(cfg.reward.backend, model_device)
@@ -142,12 +116,12 @@ class MixingRuntime:
             if model is None:
                 raise ValueError("AC-ODM needs the model for the weight-norm state features")
             sel = cfg.state.norm_params
-            keys = _all_stage_keys(model, sel, pipe_group) if staged else None
+            keys = all_stage_keys(matching_layer_keys(model, sel), pipe_group) if staged else None
             norm_params = select_params(model, sel, "acodm.state.norm_params", keys=keys)
             if keys is None:
                 positions, num_norm_layers = None, len(norm_params)
             else:
-                chosen = [keys[i] for i in _layer_positions(len(keys), sel.layers)]
+                chosen = chosen_layer_keys(keys, sel, "acodm.state.norm_params")
                 positions, num_norm_layers = [chosen.index(p.layer) for p in norm_params], len(chosen)
             self.norms = ParamNorms(norm_params, cfg.state.update_norm, positions, num_norm_layers)
         self.mixer: Mixer | None = None
@@ -191,9 +165,6 @@ class MixingRuntime:
         if self.probe is not None:
             self.probe.set_grad_scale(grad_scale)
 
-    def end_microbatch(self) -> None:
-        """Kept for symmetry: gradients are attributed by per-tensor order, not by this call."""
-
     def record_loss(self, domain: int, loss: torch.Tensor | float) -> None:
         """Add one micro-batch's mean loss (no host sync: stays on device until the step ends)."""
         if isinstance(loss, torch.Tensor):
@@ -207,7 +178,7 @@ class MixingRuntime:
         weights. Collective: every rank of ``group``/``dp_group`` must call it."""
         plan = self.plan()
         stats_t = all_reduce_sum(torch.stack([self._loss_sum, self._loss_cnt]), self.dp_group)
-        stats_t = _sum_over(stats_t, self.pipe_group).cpu()  # losses live on the last stage
+        stats_t = sum_over(stats_t, self.pipe_group).cpu()  # losses live on the last stage
         cnt = stats_t[1].double()
         loss = torch.where(cnt > 0, stats_t[0].double() / cnt.clamp_min(1), float("nan")).numpy()
         gram = None
@@ -218,14 +189,14 @@ class MixingRuntime:
                 self.timings["capture"] = self.probe.capture_seconds
             else:
                 gram = torch.zeros(self.k, self.k)
-            if _group_size(self.partial_sum_group) > 1 or _group_size(self.pipe_group) > 1:
+            if group_size(self.partial_sum_group) > 1 or group_size(self.pipe_group) > 1:
                 gram = gram.to(self.comm_device)
-                gram = _sum_over(_sum_over(gram, self.partial_sum_group), self.pipe_group).cpu()
+                gram = sum_over(sum_over(gram, self.partial_sum_group), self.pipe_group).cpu()
             self.timings["reduce_gram"] += time.perf_counter() - t0
         norms = upd = None
         if self.norms is not None:  # collective under TP/PP: every rank measures
             norms, upd = self.norms.measure(
-                lambda t: _sum_over(_sum_over(t.to(self.comm_device), self.partial_sum_group),
+                lambda t: sum_over(sum_over(t.to(self.comm_device), self.partial_sum_group),
                                     self.pipe_group).cpu())
         new = None
         metrics: dict[str, float] = {}

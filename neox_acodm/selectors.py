@@ -66,6 +66,14 @@ def matching_layer_keys(model: torch.nn.Module, selector: ParamSelector) -> list
     return sorted({_layer_key(n) for n, _ in model.named_modules() if n and pattern.search(n)})
 
 
+def chosen_layer_keys(keys: list[int], selector: ParamSelector, what: str = "selector") -> list[int]:
+    """The layer keys ``selector.layers`` picks among the model's ``keys``, in selector order."""
+    try:
+        return [keys[i] for i in _pick(len(keys), selector.layers)]
+    except ConfigError as e:
+        raise ConfigError(f"{what}.{e}") from None
+
+
 def select_params(model: torch.nn.Module, selector: ParamSelector, what: str = "selector",
                   allow_empty: bool = False, keys: list[int] | None = None) -> list[SelectedParam]:
     """Return the selected parameters in layer order.
@@ -83,10 +91,7 @@ def select_params(model: torch.nn.Module, selector: ParamSelector, what: str = "
     if keys is not None:
         if not keys:
             raise ConfigError(f"{what}.module: {selector.module!r} matches no module on any pipeline stage")
-        try:
-            chosen = [keys[i] for i in _pick(len(keys), selector.layers)]
-        except ConfigError as e:
-            raise ConfigError(f"{what}.{e}") from None
+        chosen = chosen_layer_keys(keys, selector, what)
         local = {key: (name, mod) for key, name, mod in matches}
         out = []
         for key in chosen:

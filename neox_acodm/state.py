@@ -49,20 +49,22 @@ class ParamNorms:
     def measure(self, reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (norms [L], update_norms [L]) float32 on the CPU (one small transfer per step)."""
-        sq = torch.zeros(2, self.num_layers, dtype=torch.float64)
         first = self._prev_weights is None
+        device = self.params[0].param.device if self.params else torch.device("cpu")
+        sq = torch.zeros(2, self.num_layers, dtype=torch.float64, device=device)
         for i, (p, pos) in enumerate(zip(self.params, self.positions)):
             w = p.param.detach()
-            sq[0, pos] += float(torch.linalg.vector_norm(w.float())) ** 2
+            # dtype= accumulates in fp32 without materialising an fp32 copy of a bf16 weight
+            sq[0, pos] += torch.linalg.vector_norm(w, dtype=torch.float32).double() ** 2
             if self.update_norm == "exact" and not first:
-                sq[1, pos] += float(torch.linalg.vector_norm((w - self._prev_weights[i]).float())) ** 2
+                sq[1, pos] += torch.linalg.vector_norm(w - self._prev_weights[i], dtype=torch.float32).double() ** 2
         if self.update_norm == "exact":
             if first:
                 self._prev_weights = [p.param.detach().clone() for p in self.params]
             else:
                 for p, q in zip(self.params, self._prev_weights):
                     q.copy_(p.param.detach())
-        sq = reduce(sq)
+        sq = reduce(sq.cpu())  # the one host transfer of the step's norm features
         norms = sq[0].sqrt()
         if self.update_norm == "exact":
             upd = sq[1].sqrt()

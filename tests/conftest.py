@@ -87,7 +87,6 @@ def train_steps(rt, model, opt, n: int) -> list[np.ndarray]:
             loss = model.loss(domain_batch(d, idx)) / rt.grad_accum
             loss.backward()
             rt.record_loss(d, loss * rt.grad_accum)
-            rt.end_microbatch()
         opt.step()
         rt.end_step()
         out.append(rt.weights.copy())

@@ -43,7 +43,6 @@ def _worker(rank: int, world: int, port: int, out_dir: str, mixer: str) -> None:
                 loss = model.loss(domain_batch(d, idx))
                 loss.backward()
                 rt.record_loss(d, loss)
-                rt.end_microbatch()
             for p in model.parameters():  # what DDP does
                 dist.all_reduce(p.grad)
                 p.grad /= world

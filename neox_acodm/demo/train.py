@@ -101,7 +101,6 @@ def train_run(name: str, cfg: ACODMConfig, model_spec: ModelSpec, spec: TrainSpe
             loss = _lm_loss(model, train[d].windows(idx))
             (loss / spec.grad_accum).backward()
             rt.record_loss(d, loss)
-            rt.end_microbatch()
             step_loss += float(loss) / spec.grad_accum
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -99,7 +99,6 @@ class DeepSpeedMixingSession:
     # -- step boundary ------------------------------------------------------------------------
     def end_step(self) -> dict[str, float]:
         """Close the step (collective over the runtime's groups)."""
-        self.rt.end_microbatch()
         if self.micro not in (0, self.rt.grad_accum):
             raise RuntimeError(f"acodm: saw {self.micro} training losses in a step of "
                                f"{self.rt.grad_accum} micro-batches; the loss wrapper missed some")

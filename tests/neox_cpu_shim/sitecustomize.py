@@ -16,6 +16,8 @@ if os.environ.get("NEOX_CPU_SHIM") == "1":
         world = int(os.environ.get("WORLD_SIZE", "1"))
         cuda = torch.cuda
 
+        # one distinct function per torch.cuda name: torch.compile/dynamo asserts when several
+        # torch.cuda functions are replaced by the same object ("Duplicate torch object")
         def _current_device():
             return "cpu"
 
