@@ -31,7 +31,9 @@ def _extensions():
                  "or set NEOX_ACODM_SKIP_EXT=1")
     import torch
 
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    # no -std flag: torch's BuildExtension adds the standard torch itself was built with (C++20
+    # for torch >= 2.10); forcing C++17 against C++20 headers broke exceptions (segfault on H100)
+    cxx = ["-O3", "-fopenmp"]
     if os.environ.get("NEOX_ACODM_NATIVE", "0") == "1":
         cxx.append("-march=native")
     else:

@@ -51,8 +51,11 @@ int cpu_threads();
 extern "C" {
 int acodm_cuda_accumulate(float* row, const void* grad, int dtype, int64_t n, float alpha,
                           void* stream);
-// out: D*D float64 device buffer, zeroed by the launcher.
-int acodm_cuda_gram(const float* B, int64_t D, int64_t P, double* out, void* stream);
+// out: D*D float64 device buffer; workspace: acodm_cuda_gram_workspace(D, P) float64
+// device elements. Deterministic (fixed grid, ordered reduction). D*(D+1)/2 <= 1024.
+int64_t acodm_cuda_gram_workspace(int64_t D, int64_t P);
+int acodm_cuda_gram(const float* B, int64_t D, int64_t P, double* out, double* workspace,
+                    void* stream);
 int acodm_cuda_sketch(float* row, int64_t k, const void* grad, int dtype, int64_t n,
                       int64_t offset, uint64_t seed, float alpha, void* stream);
 }

@@ -1,6 +1,10 @@
 // pybind11 bindings of neox_acodm._C: argument checks (naming the argument), device dispatch.
 #include <torch/extension.h>
 
+#include <algorithm>
+#include <string>
+#include <type_traits>
+
 #include "acodm_ops.h"
 
 #ifdef NEOX_ACODM_WITH_CUDA
@@ -8,11 +12,36 @@
 #endif
 
 // Bump together with neox_acodm/ops.py ABI_VERSION.
-#define NEOX_ACODM_ABI_VERSION 3
-
-#define ACODM_CHECK(cond, ...) TORCH_CHECK_VALUE(cond, __VA_ARGS__)
+#define NEOX_ACODM_ABI_VERSION 4
 
 namespace {
+
+// Error messages are built with std::to_string, not iostreams, and raised as pybind11's
+// ValueError. On the H100 image (torch 2.11 built with gcc-toolset-13, extension with
+// Ubuntu g++ 13) any integer written through c10::str / an ostringstream inlined in this
+// module segfaulted in the locale facets, so no stream formatting is compiled in here.
+void put(std::string& s, const char* v) { s += v; }
+void put(std::string& s, const std::string& v) { s += v; }
+template <typename T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
+void put(std::string& s, T v) { s += std::to_string(v); }
+void put(std::string& s, c10::ScalarType t) { s += c10::toString(t); }
+void put(std::string& s, const c10::Device& d) { s += d.str(); }
+void put(std::string& s, c10::IntArrayRef a) {
+  s += '[';
+  for (size_t i = 0; i < a.size(); ++i) s += (i ? ", " : "") + std::to_string(a[i]);
+  s += ']';
+}
+template <typename... Args>
+std::string cat(const Args&... args) {
+  std::string s;
+  (put(s, args), ...);
+  return s;
+}
+
+#define ACODM_CHECK(cond, ...) \
+  do {                         \
+    if (!(cond)) throw pybind11::value_error(cat(__VA_ARGS__)); \
+  } while (0)
 
 acodm::DType dtype_of(const torch::Tensor& t, const char* name) {
   if (t.scalar_type() == torch::kFloat32) return acodm::DType::F32;
@@ -71,8 +100,10 @@ torch::Tensor domain_gram(torch::Tensor buffer) {
 #ifdef NEOX_ACODM_WITH_CUDA
     ACODM_CHECK(D <= 44, "buffer: the CUDA Gram kernel supports at most 44 domains, got ", D,
                 "; use acodm.reward.backend: torch");
+    auto ws = torch::empty({std::max<int64_t>(1, acodm_cuda_gram_workspace(D, P))},
+                           buffer.options().dtype(torch::kFloat64));
     check_cuda(acodm_cuda_gram(buffer.data_ptr<float>(), D, P, out.data_ptr<double>(),
-                               at::cuda::getCurrentCUDAStream().stream()),
+                               ws.data_ptr<double>(), at::cuda::getCurrentCUDAStream().stream()),
                "domain_gram");
 #else
     ACODM_CHECK(false, "buffer: on CUDA but neox_acodm._C was built without CUDA");

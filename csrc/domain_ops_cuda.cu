@@ -3,10 +3,11 @@
 // cudaError_t value.
 //
 // accumulate: grid-stride, 16-byte vector loads when aligned.
-// gram:       each block streams column tiles of B into shared memory (rows padded against
-//             bank conflicts); thread t owns pair (i, j), i <= j, of the upper triangle and
-//             accumulates it over the block's tiles in fp32 per tile, fp64 across tiles;
-//             one fp64 atomicAdd per pair per block. B is read from HBM exactly once.
+// gram:       a fixed grid of blocks streams column tiles of B into shared memory (rows padded
+//             against bank conflicts); thread t owns up to 4 pairs (i, j), i <= j, of the upper
+//             triangle, summed in fp32 within a tile and fp64 across tiles. Each block writes
+//             its partials to a workspace; a second kernel adds them in block order. No
+//             atomics: the result is bit-identical across runs and GPUs. B is read once.
 // sketch:     blocked count-sketch bucket + per-element sign; shared-memory private sketch per block when k fits, else
 //             global atomics (L2 resident for k <= a few MiB).
 #include <cuda_bf16.h>
@@ -62,15 +63,36 @@ __global__ void accumulate_f32x4_kernel(float4* __restrict__ row, const float4* 
 
 // ---------------------------------------------------------------------------------------
 constexpr int kGramThreads = 256;
-constexpr int kTile = 128;  // columns per shared-memory tile
+constexpr int kGramSlots = 4;      // pairs per thread: D (D + 1) / 2 <= 4 * 256, so D <= 44
+constexpr int kTile = 128;         // columns per shared-memory tile
+constexpr int kGramBlocks = 1024;  // fixed grid: the reduction order, hence the result, is the
+                                   // same on every GPU and every run
 
-__global__ void gram_kernel(const float* __restrict__ B, int64_t D, int64_t P, double* __restrict__ out) {
+__device__ __forceinline__ void pair_of(int64_t p, int64_t D, int64_t* i, int64_t* j) {
+  // invert p = i*D - i*(i-1)/2 + (j - i), i <= j
+  int64_t a = 0, rem = p;
+  while (rem >= D - a) { rem -= D - a; ++a; }
+  *i = a;
+  *j = a + rem;
+}
+
+// Pass 1: block b sums tiles b, b + gridDim.x, ... and writes its partial of every pair to
+// partial[b * pairs + p] (no atomics).
+__global__ void gram_partial_kernel(const float* __restrict__ B, int64_t D, int64_t P,
+                                    double* __restrict__ partial) {
   extern __shared__ float tile[];  // [D][kTile + 1]
   const int64_t pairs = D * (D + 1) / 2;
   const int64_t ld = kTile + 1;
-  // pair index -> (i, j), i <= j, for each pair this thread owns (strided by blockDim)
-  double acc_own[4] = {0.0, 0.0, 0.0, 0.0};
-  int64_t tiles = (P + kTile - 1) / kTile;
+  int64_t pi[kGramSlots], pj[kGramSlots];
+  double acc[kGramSlots];
+#pragma unroll
+  for (int s = 0; s < kGramSlots; ++s) {
+    const int64_t p = threadIdx.x + static_cast<int64_t>(s) * blockDim.x;
+    acc[s] = 0.0;
+    pi[s] = pj[s] = -1;
+    if (p < pairs) pair_of(p, D, &pi[s], &pj[s]);
+  }
+  const int64_t tiles = (P + kTile - 1) / kTile;
   for (int64_t tix = blockIdx.x; tix < tiles; tix += gridDim.x) {
     const int64_t c0 = tix * kTile;
     const int64_t w = (P - c0) < kTile ? (P - c0) : kTile;
@@ -80,28 +102,41 @@ __global__ void gram_kernel(const float* __restrict__ B, int64_t D, int64_t P, d
       tile[r * ld + c] = c < w ? B[r * P + c0 + c] : 0.0f;
     }
     __syncthreads();
-    int slot = 0;
-    for (int64_t p = threadIdx.x; p < pairs && slot < 4; p += blockDim.x, ++slot) {
-      // invert p = i*D - i*(i-1)/2 + (j - i)
-      int64_t i = 0, rem = p;
-      while (rem >= D - i) { rem -= D - i; ++i; }
-      const int64_t j = i + rem;
-      const float* a = tile + i * ld;
-      const float* b = tile + j * ld;
-      float s = 0.0f;
+#pragma unroll
+    for (int s = 0; s < kGramSlots; ++s) {
+      if (pi[s] < 0) continue;
+      const float* a = tile + pi[s] * ld;
+      const float* b = tile + pj[s] * ld;
+      float sum = 0.0f;
 #pragma unroll 8
-      for (int c = 0; c < kTile; ++c) s = fmaf(a[c], b[c], s);
-      acc_own[slot] += s;
+      for (int c = 0; c < kTile; ++c) sum = fmaf(a[c], b[c], sum);
+      acc[s] += sum;
     }
   }
-  int slot = 0;
-  for (int64_t p = threadIdx.x; p < pairs && slot < 4; p += blockDim.x, ++slot) {
-    int64_t i = 0, rem = p;
-    while (rem >= D - i) { rem -= D - i; ++i; }
-    const int64_t j = i + rem;
-    atomicAdd(out + i * D + j, acc_own[slot]);
-    if (i != j) atomicAdd(out + j * D + i, acc_own[slot]);
+#pragma unroll
+  for (int s = 0; s < kGramSlots; ++s) {
+    const int64_t p = threadIdx.x + static_cast<int64_t>(s) * blockDim.x;
+    if (p < pairs) partial[static_cast<int64_t>(blockIdx.x) * pairs + p] = acc[s];
   }
+}
+
+// Pass 2: thread p sums the blocks' partials of pair p in block order and writes both halves.
+__global__ void gram_reduce_kernel(const double* __restrict__ partial, int64_t blocks, int64_t D,
+                                   double* __restrict__ out) {
+  const int64_t pairs = D * (D + 1) / 2;
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= pairs) return;
+  double s = 0.0;
+  for (int64_t b = 0; b < blocks; ++b) s += partial[b * pairs + p];
+  int64_t i, j;
+  pair_of(p, D, &i, &j);
+  out[i * D + j] = s;
+  out[j * D + i] = s;
+}
+
+int64_t gram_blocks(int64_t P) {
+  const int64_t tiles = (P + kTile - 1) / kTile;
+  return tiles < kGramBlocks ? tiles : kGramBlocks;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -173,16 +208,24 @@ extern "C" int acodm_cuda_accumulate(float* row, const void* grad, int dtype, in
   return static_cast<int>(cudaGetLastError());
 }
 
-extern "C" int acodm_cuda_gram(const float* B, int64_t D, int64_t P, double* out, void* stream) {
+extern "C" int64_t acodm_cuda_gram_workspace(int64_t D, int64_t P) {
+  return gram_blocks(P) * (D * (D + 1) / 2);
+}
+
+extern "C" int acodm_cuda_gram(const float* B, int64_t D, int64_t P, double* out, double* workspace,
+                               void* stream) {
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   cudaError_t e = cudaMemsetAsync(out, 0, sizeof(double) * D * D, st);
   if (e != cudaSuccess) return static_cast<int>(e);
   if (D == 0 || P == 0) return 0;
-  if (D * (D + 1) / 2 > 4 * kGramThreads) return static_cast<int>(cudaErrorInvalidValue);  // D > 44
+  const int64_t pairs = D * (D + 1) / 2;
+  if (pairs > static_cast<int64_t>(kGramSlots) * kGramThreads) return static_cast<int>(cudaErrorInvalidValue);
   const size_t smem = sizeof(float) * D * (kTile + 1);
-  const int64_t tiles = (P + kTile - 1) / kTile;
-  int blocks = grid_for(tiles * kGramThreads, kGramThreads);
-  gram_kernel<<<blocks, kGramThreads, smem, st>>>(B, D, P, out);
+  const int64_t blocks = gram_blocks(P);
+  gram_partial_kernel<<<static_cast<int>(blocks), kGramThreads, smem, st>>>(B, D, P, workspace);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return static_cast<int>(e);
+  gram_reduce_kernel<<<static_cast<int>((pairs + 255) / 256), 256, 0, st>>>(workspace, blocks, D, out);
   return static_cast<int>(cudaGetLastError());
 }
 

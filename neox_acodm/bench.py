@@ -16,6 +16,7 @@ as torch's ``B @ B.T`` computes; the extension computes the symmetric half).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import statistics
@@ -111,8 +112,10 @@ def footprint(D: int, k: int) -> list[dict]:
     return out
 
 
-def measure_train_step(model: str, device: torch.device, batch: int, seq: int, repeats: int) -> dict:
-    """Median forward+backward+AdamW step of a Pythia-shaped HF GPT-NeoX model."""
+def measure_train_step(model: str, device: torch.device, batch: int, seq: int, repeats: int,
+                       autocast: str | None = None) -> dict:
+    """Median forward+backward+AdamW step of a Pythia-shaped HF GPT-NeoX model (fp32 weights;
+    ``autocast='bfloat16'`` runs forward/backward under bf16 autocast, as mixed-precision runs do)."""
     try:
         from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
     except ImportError as e:
@@ -131,14 +134,19 @@ def measure_train_step(model: str, device: torch.device, batch: int, seq: int, r
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
     x = torch.randint(0, 50304, (batch, seq), device=device)
 
+    amp = (torch.autocast(device.type, dtype=DTYPES[autocast]) if autocast
+           else contextlib.nullcontext())
+
     def step():
         opt.zero_grad(set_to_none=True)
-        m(input_ids=x, labels=x).loss.backward()
+        with amp:
+            loss = m(input_ids=x, labels=x).loss
+        loss.backward()
         opt.step()
 
     ms = _median_ms(step, device, repeats)
     return {"model": model, "layers": layers, "hidden": hidden, "batch": batch, "seq": seq,
-            "step_ms": ms, "selected_P": 3 * hidden * 4 * hidden}
+            "autocast": autocast, "step_ms": ms, "selected_P": 3 * hidden * 4 * hidden}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -151,7 +159,8 @@ def run(args: argparse.Namespace) -> dict:
         report["results"] += bench_ops(args.D, p, args.k, args.dtype, device, args.repeats, backends)
     report["footprint"] = footprint(args.D, args.k)
     if args.step_model:
-        st = measure_train_step(args.step_model, device, args.step_batch, args.step_seq, args.step_repeats)
+        st = measure_train_step(args.step_model, device, args.step_batch, args.step_seq, args.step_repeats,
+                                args.step_autocast)
         # per step: grad_accum micro-batch accumulations + one Gram, for the model's own P
         p = st["selected_P"]
         rows = bench_ops(args.D, p, args.k, args.dtype, device, max(1, args.repeats // 2), backends[-1:])
@@ -208,6 +217,8 @@ def register(sub) -> None:
     p.add_argument("--step-batch", type=int, default=1)
     p.add_argument("--step-seq", type=int, default=256)
     p.add_argument("--step-repeats", type=int, default=3)
+    p.add_argument("--step-autocast", choices=[d for d in DTYPES if d != "float32"], default=None,
+                   help="run the timed step under autocast to this dtype")
     p.add_argument("--grad-accum", type=int, default=8, help="micro-batches per step for the ratio")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=main)

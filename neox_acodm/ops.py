@@ -34,7 +34,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-ABI_VERSION = 3  # bump together with csrc/bindings.cpp NEOX_ACODM_ABI_VERSION
+ABI_VERSION = 4  # bump together with csrc/bindings.cpp NEOX_ACODM_ABI_VERSION
 _M32 = 0xFFFFFFFF
 _CHUNK = 1 << 22
 
