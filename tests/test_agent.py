@@ -119,3 +119,20 @@ def test_lr_schedule():
     assert abs(lr_factor(100, 10, 100, "cosine", 0.1) - 0.1) < 1e-12
     assert abs(lr_factor(55, 10, 100, "linear", 0.0) - 0.5) < 1e-12
     assert lr_factor(500, 0, 100, "constant", 0.1) == 1.0
+
+
+def test_agent_construction_leaves_every_global_rng_untouched(monkeypatch):
+    """Building the agent must not reseed CUDA generators (on a GPU that clobbered the training
+    job's restored RNG state on resume: Megatron dropout diverged after a restart)."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda s: calls.append(("all", s)))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda s: calls.append(("one", s)))
+    cpu_state = torch.get_rng_state()
+    a = DDPGAgent(AgentConfig(hidden_dim=16, num_layers=2), state_dim=5, num_domains=3, reward_dim=3,
+                  total_updates=10, seed=11)
+    b = DDPGAgent(AgentConfig(hidden_dim=16, num_layers=2), state_dim=5, num_domains=3, reward_dim=3,
+                  total_updates=10, seed=11)
+    assert calls == []
+    assert torch.equal(torch.get_rng_state(), cpu_state)
+    for k, v in a.actor.state_dict().items():  # still a pure function of the seed
+        assert torch.equal(v, b.actor.state_dict()[k])

@@ -50,9 +50,12 @@ class DDPGAgent:
         self.cfg = cfg
         self.device = torch.device(device)
         self.state_dim, self.num_domains, self.reward_dim = state_dim, num_domains, reward_dim
-        # initialise deterministically from `seed` without touching the caller's global RNG
+        # initialise deterministically from `seed` without touching the caller's global RNG:
+        # seed the CPU generator only (torch.manual_seed would also reseed every CUDA generator,
+        # which fork_rng(devices=[]) does not restore, and would clobber the training job's
+        # restored CUDA RNG state on resume)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             self.actor = Actor(state_dim, num_domains, cfg.hidden_dim, cfg.num_layers)
             self.critic = Critic(state_dim, num_domains, cfg.hidden_dim, cfg.num_layers, reward_dim)
         self.actor.to(self.device)

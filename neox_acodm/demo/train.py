@@ -38,7 +38,7 @@ class ModelSpec:
                             use_parallel_residual=True, hidden_dropout=0.0, attention_dropout=0.0,
                             tie_word_embeddings=False, initializer_range=0.02, bos_token_id=1, eos_token_id=1)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # CPU only: never reseed CUDA generators
             return GPTNeoXForCausalLM(cfg)
 
 

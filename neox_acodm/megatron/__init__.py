@@ -2,5 +2,6 @@
 top-level ``megatron`` package). Importing it requires ``megatron-core``."""
 
 from .data import DynamicBlendedDataset, DynamicBlendedIterator, build_domain_datasets
+from .model import GlobalLayerView
 
-__all__ = ["DynamicBlendedDataset", "DynamicBlendedIterator", "build_domain_datasets"]
+__all__ = ["DynamicBlendedDataset", "DynamicBlendedIterator", "GlobalLayerView", "build_domain_datasets"]

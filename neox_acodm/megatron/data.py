@@ -28,13 +28,16 @@ logger = logging.getLogger(__name__)
 
 def build_domain_datasets(cfg: ACODMConfig, num_samples: int, seq_len: int, seed: int, tokenizer,
                           split: str = "train", is_built_on_rank: Callable[[], bool] = lambda: True,
-                          path_to_cache: str | None = None, **gpt_kwargs) -> list:
+                          path_to_cache: str | None = None, **gpt_kwargs) -> list | None:
     """One megatron-core ``GPTDataset`` per domain, in ``cfg.domains`` order.
 
     ``num_samples``: sequences the run will draw in this split in total; domain d is sized for
     ``ceil(num_samples * sampling.max_weight * 1.005)`` (or its own length if smaller is
     impossible: megatron-core then repeats epochs). ``split`` picks ``train_path`` or
     ``valid_path``. Extra keyword arguments go to ``GPTDatasetConfig``.
+
+    Collective when a process group is initialised (megatron-core's builder synchronises the
+    ranks): every rank calls it; ranks where ``is_built_on_rank()`` is False get ``None``.
     """
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
@@ -54,11 +57,13 @@ def build_domain_datasets(cfg: ACODMConfig, num_samples: int, seq_len: int, seed
                                   tokenizer=tokenizer, path_to_cache=path_to_cache, **kwargs)
         built = BlendedMegatronDatasetBuilder(GPTDataset, sizes, is_built_on_rank, config).build()
         ds = built[0 if split == "train" else 1]
+        if not is_built_on_rank():
+            continue
         if ds is None or len(ds) == 0:
             raise ConfigError(f"acodm.domains[{i}].{key}: {prefix} yields no {seq_len}-token sequence")
         out.append(ds)
         logger.info("acodm: domain %s: %d samples (%s)", d.name, len(ds), prefix)
-    return out
+    return out if is_built_on_rank() else None
 
 
 class DynamicBlendedDataset(Dataset):
