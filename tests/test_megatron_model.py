@@ -137,6 +137,28 @@ def test_runtime_captures_megatron_gradients_and_moves_weights(cpu_megatron):
     assert session.micro == 0
 
 
+def test_megatron_rerun_in_place_keeps_the_first_run_statistics(cpu_megatron, monkeypatch):
+    """Megatron's rerun state machine may replay a step (result validation): the replay's
+    losses and gradients are not counted twice; outside a rerun, extra losses are an error."""
+    from megatron.core.rerun_state_machine import RerunState, get_rerun_state_machine
+
+    model = gpt()
+    cfg = cfg_for("odm")
+    rt = MixingRuntime(cfg, dataset_sizes=[40, 40, 40], grad_accum=2, micro_batch=2,
+                       model=GlobalLayerView(model))
+    session = MegatronMixingSession(cfg, upstream=None)
+    session.rt = rt
+    for _ in range(2):
+        session.observe_loss(torch.tensor(1.0))
+    monkeypatch.setattr(get_rerun_state_machine(), "state", RerunState.RERUNNING_IN_PLACE)
+    session.observe_loss(torch.tensor(5.0))  # the replay: ignored
+    monkeypatch.setattr(get_rerun_state_machine(), "state", RerunState.NOT_RUNNING_YET)
+    with pytest.raises(RuntimeError, match="more than 2 training losses"):
+        session.observe_loss(torch.tensor(5.0))
+    session.end_step()
+    assert set(session.last_metrics.get(f"loss/d{i}", 1.0) for i in range(3)) == {1.0}
+
+
 def megatron_args(**over):
     base = dict(data_path=None, train_data_path=None, valid_data_path=None, test_data_path=None,
                 data_args_path=None, per_split_data_args_path=None, mock_data=False, sft=False,

@@ -246,7 +246,20 @@ class MegatronMixingSession:
 
         return acodm_loss
 
+    @staticmethod
+    def _rerunning_in_place() -> bool:
+        """Megatron's rerun state machine replays a step's micro-batches (result validation)."""
+        try:
+            from megatron.core.rerun_state_machine import RerunState, get_rerun_state_machine
+        except ImportError:
+            return False
+        return get_rerun_state_machine().state == RerunState.RERUNNING_IN_PLACE
+
     def observe_loss(self, mean_loss: torch.Tensor) -> None:
+        if self.micro >= self.rt.grad_accum and self._rerunning_in_place():
+            # a replay of this step's micro-batches: the first run's statistics stand (the
+            # probe likewise ignores gradients past the step's planned micro-batches)
+            return
         if self.micro >= self.rt.grad_accum:
             raise RuntimeError(f"acodm: more than {self.rt.grad_accum} training losses in one step; "
                                f"was the train_step wrapper bypassed?")
