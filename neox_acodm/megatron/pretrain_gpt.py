@@ -121,6 +121,7 @@ class MegatronMixingSession:
         self.rt: MixingRuntime | None = None
         self.train_iter: DynamicBlendedIterator | None = None
         self.optimizer = None
+        self.step_grad_scale = 1.0
         self.micro = 0
         self.last_metrics: dict[str, float] = {}
 
@@ -183,7 +184,12 @@ class MegatronMixingSession:
             raise RuntimeError(f"acodm: mixer step {self.rt.step} != Megatron iteration {args.iteration}")
         if blended is not None:
             self.train_iter = DynamicBlendedIterator(blended, self.rt)
-        self.rt.set_grad_scale(self._grad_scale())
+        self._refresh_grad_scale()
+
+    def _refresh_grad_scale(self) -> None:
+        """Read the loss scale once per step (a host sync; it only changes in optimizer.step)."""
+        self.step_grad_scale = self._grad_scale()
+        self.rt.set_grad_scale(self.step_grad_scale)
 
     def _grad_scale(self) -> float:
         """``num_microbatches / loss_scale``: the schedule divides each micro-batch loss by the
@@ -263,7 +269,7 @@ class MegatronMixingSession:
         if self.micro >= self.rt.grad_accum:
             raise RuntimeError(f"acodm: more than {self.rt.grad_accum} training losses in one step; "
                                f"was the train_step wrapper bypassed?")
-        d = self.rt.begin_microbatch(self.micro, grad_scale=self._grad_scale())
+        d = self.rt.begin_microbatch(self.micro, grad_scale=self.step_grad_scale)
         self.rt.record_loss(d, mean_loss)
         self.micro += 1
 
@@ -274,7 +280,7 @@ class MegatronMixingSession:
                                f"{self.rt.grad_accum} micro-batches")
         metrics = self.rt.end_step()
         self.micro = 0
-        self.rt.set_grad_scale(self._grad_scale())
+        self._refresh_grad_scale()
         self.last_metrics = metrics
         self._log(self.rt.step, metrics)  # = Megatron's iteration once this step is counted
         return metrics
