@@ -282,15 +282,28 @@ class MixingRuntime:
 
     def load(self, path: str) -> None:
         """Owner reads ``path``; the global part (step, weights, cursors) is broadcast, so
-        other ranks need not see the file. Collective over ``group``."""
-        state = checkpoint.load(path) if self.is_owner else None
+        other ranks need not see the file. Collective over ``group``: if the owner cannot read
+        the file, every rank raises (the owner re-raises, the others get its message) instead of
+        the others waiting in the broadcast."""
+        state, error = None, None
+        if self.is_owner:
+            try:
+                state = checkpoint.load(path)
+            except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+                error = e
         if is_distributed(self.group):
             box = [None if state is None else {k: v for k, v in state.items()
                                                if k not in ("mixer", "norms")}]
+            if error is not None:
+                box = [{"__error__": f"{type(error).__name__}: {error}"}]
             src = dist.get_global_rank(self.group, 0) if self.group is not None else 0
             dist.broadcast_object_list(box, src=src, group=self.group)
-            if state is None:
+            if error is None and "__error__" in box[0]:
+                raise RuntimeError(f"acodm: the owner rank could not load {path}: {box[0]['__error__']}")
+            if state is None and error is None:
                 state = dict(box[0], mixer=None, norms=None)
+        if error is not None:
+            raise error
         self.load_state_dict(state)
 
     def export_policy(self) -> None:

@@ -74,3 +74,27 @@ def test_two_ranks_identical_weights_after_rank0_update(tmp_path, mixer):
         set0 = {(d, i) for d, idx in s0 for i in idx}
         set1 = {(d, i) for d, idx in s1 for i in idx}
         assert not set0 & set1
+
+
+def _missing_state_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    rt = MixingRuntime(tiny_cfg("odm"), dataset_sizes=[50, 60, 70], dp_size=world, dp_rank=rank,
+                       grad_accum=2, micro_batch=2, group=dist.group.WORLD, dp_group=dist.group.WORLD)
+    try:
+        rt.load(os.path.join(out_dir, "does_not_exist.pt"))
+        outcome = "loaded"
+    except (FileNotFoundError, RuntimeError) as e:
+        outcome = f"{type(e).__name__}: {e}"
+    with open(os.path.join(out_dir, f"missing{rank}.txt"), "w") as f:
+        f.write(outcome)
+    dist.barrier()
+    os._exit(0)
+
+
+def test_unreadable_state_raises_on_every_rank_instead_of_hanging(tmp_path):
+    mp.spawn(_missing_state_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    owner = (tmp_path / "missing0.txt").read_text()
+    other = (tmp_path / "missing1.txt").read_text()
+    assert owner.startswith("FileNotFoundError") and "does_not_exist.pt" in owner
+    assert other.startswith("RuntimeError") and "owner rank could not load" in other

@@ -173,12 +173,13 @@ class MegatronMixingSession:
         self.optimizer = optimizer
         if args.load and args.iteration > 0:
             path = self.state_path(args.load, args.iteration)
-            if self.rt.is_owner and not os.path.exists(path):
-                raise FileNotFoundError(
-                    f"acodm: resuming from iteration {args.iteration} but {path} does not exist; the "
-                    f"checkpoint was not written by neox_acodm.megatron.pretrain_gpt (start a new run "
-                    f"or copy the matching acodm state there)")
-            self.rt.load(path)
+            try:
+                self.rt.load(path)  # collective: a missing file raises on every rank
+            except (FileNotFoundError, RuntimeError) as e:
+                raise RuntimeError(
+                    f"acodm: resuming from iteration {args.iteration} needs {path} ({e}); was the "
+                    f"checkpoint written by neox_acodm.megatron.pretrain_gpt? Start a new run or copy "
+                    f"the matching acodm state there") from e
             logger.info("acodm: resumed mixer state from %s (step %d)", path, self.rt.step)
         if self.rt.step != args.iteration:
             raise RuntimeError(f"acodm: mixer step {self.rt.step} != Megatron iteration {args.iteration}")
