@@ -77,6 +77,7 @@ setup(
     # the top-level patches/ folder is installed as neox_acodm.patches
     packages=find_packages(include=["neox_acodm", "neox_acodm.*"]) + ["neox_acodm.patches"],
     package_dir={"neox_acodm.patches": "patches"},
+    package_data={"neox_acodm.benchmix": ["scenarios/*.yml"]},
     install_requires=["torch>=2.1", "numpy", "pyyaml", "sentencepiece", "pybind11"],
     extras_require={
         "dev": ["pytest"],

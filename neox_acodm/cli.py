@@ -73,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _subcommand_registrars():
     """Subcommands defined next to their implementation."""
-    from . import bench, demo
+    from . import bench, benchmix, demo
 
-    return [bench.register, demo.register]
+    return [bench.register, benchmix.register, demo.register]
 
 
 def main(argv: list[str] | None = None) -> int:

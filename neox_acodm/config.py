@@ -28,6 +28,7 @@ __all__ = [
     "AgentConfig",
     "ConfigError",
     "DomainSpec",
+    "GramMixerConfig",
     "ODMConfig",
     "ParamSelector",
     "ProxyConfig",
@@ -73,6 +74,11 @@ class DomainSpec:
         None, doc="Initial sampling weight (any positive scale; normalised). Used when "
         "`initial_weights` is `config`.", rng=(0.0, None, False, None)
     )
+    metric_weight: float = _f(
+        1.0, doc="How much this domain's loss counts in the objective the gradient rewards serve "
+        "(`reward.mode: aligned` and the `gram_*` mixers): the reward of domain i is "
+        "sum_j metric_weight_j <g_i, g_j>. 0 = a domain you train on but do not target.",
+        rng=(0.0, None, True, None))
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,13 @@ class SamplingConfig:
         1.0, doc="Cap on any single weight; per-domain datasets are sized for it "
         "(N * max_weight samples).", rng=(0.0, 1.0, False, True)
     )
+    allocation: Literal["iid", "stratified"] = _f(
+        "iid", doc="How a step's micro-batches are drawn from the weights: `iid` draws (paper, "
+        "reference code) or `stratified` (systematic sampling: counts floor/ceil of n*w, same "
+        "expectation, far less per-step variance).")
+    temperature: float = _f(
+        1.0, doc="With `initial_weights: tokens`, weights are proportional to tokens^(1/temperature) "
+        "(temperature sampling; 1 = natural mix, large = uniform).", rng=(0.0, None, False, None))
 
 
 @dataclass(frozen=True)
@@ -139,10 +152,12 @@ class ODMConfig:
 class RewardConfig:
     """The gradient-alignment reward of AC-ODM."""
 
-    mode: Literal["paper", "reference"] = _f(
+    mode: Literal["paper", "reference", "aligned"] = _f(
         "paper", doc="`paper`: importance-corrected EMA of the scale-free alignment, scalar "
         "reward sum_i a_i r_i and scalar critic. `reference`: the reference code's z-scored "
-        "vector reward and vector critic (with its defects fixed)."
+        "vector reward and vector critic (with its defects fixed). `aligned`: an unbiased EMA of "
+        "the Gram *entries* (Horvitz-Thompson by the plan's inclusion probabilities, updated every "
+        "step), r_i = sum_j metric_weight_j G_ij with the self term per `self_term`."
     )
     params: ParamSelector = _f(
         factory=ParamSelector, doc="Weight tensors whose per-domain gradients form the reward "
@@ -158,6 +173,10 @@ class RewardConfig:
                     rng=(0.0, 1.0, True, False))
     importance_correction: bool = _f(True, doc="Divide the alignment by the domain's sampling "
                                      "probability (paper).")
+    self_term: Literal["drop", "lagged", "raw"] = _f(
+        "lagged", doc="`aligned` mode's diagonal <g_i, g_i>: `lagged` = <g_i(t), g_i(t-1)> "
+        "(unbiased: independent samples; keeps one more [K, P] buffer), `raw` = ||g_i(t)||^2 "
+        "(includes the sampling noise), `drop` = 0 (paper).")
     clip: float = _f(10.0, doc="Clip of the normalised alignment (paper mode) / of W/mean|g| "
                      "(reference mode, where the code used 999).", rng=(0.0, None, False, None))
     backend: Literal["auto", "ext", "torch"] = _f(
@@ -177,10 +196,14 @@ class StateConfig:
         "zscore", doc="Per-group z-scoring across domains/layers (keeps the state scale-free, "
         "which proxy transfer relies on)."
     )
-    update_norm: Literal["exact", "norm_change"] = _f(
-        "norm_change", doc="`exact`: ||W_t - W_{t-1}|| (keeps a device copy of the norm "
-        "layers); `norm_change`: | ||W_t|| - ||W_{t-1}|| | (no copy)."
+    update_norm: Literal["auto", "exact", "norm_change"] = _f(
+        "auto", doc="`exact`: ||W_t - W_{t-1}|| (paper; keeps a device copy of the norm "
+        "layers); `norm_change`: | ||W_t|| - ||W_{t-1}|| | (no copy); `auto`: `exact` without "
+        "tensor/pipeline parallelism, `norm_change` with it."
     )
+    include_reward: bool = _f(
+        False, doc="Append the per-domain reward estimate (z-scored, [K]) to the state, so the "
+        "critic sees what the reward depends on.")
 
 
 @dataclass(frozen=True)
@@ -220,6 +243,31 @@ class AgentConfig:
         rng=(0.0, None, True, None),
     )
     device: str = _f("auto", doc="Agent device on rank 0: `auto` (the model's), `cpu`, `cuda`.")
+    actor_init: Literal["random", "prior"] = _f(
+        "random", doc="`random`: a plain softmax MLP (paper); `prior`: softmax(log prior + head(s)) "
+        "with a zero-initialised head, so the actor starts exactly at the initial weights.")
+    critic_action: Literal["raw", "log_ratio"] = _f(
+        "raw", doc="Action input of the critic: the weights (paper) or log(a / prior), which is "
+        "O(1) where raw weights move by +-0.01.")
+    objective: Literal["critic", "decomposed"] = _f(
+        "critic", doc="Actor objective: `critic` = max Q(s, mu(s)) (DDPG, paper); `decomposed` = "
+        "max rhat . mu(s) + Q_c(s, mu(s)): the immediate reward is linear in the action with the "
+        "known coefficient rhat, so its gradient is used exactly and the critic only learns the "
+        "continuation value (needs `reward.mode: paper` or `aligned`).")
+    noise_space: Literal["weight", "log"] = _f(
+        "weight", doc="Exploration noise: additive in weight units (paper) or multiplicative, "
+        "a * exp(std * N(0, 1)) renormalised (never pushes mass onto tiny domains).")
+
+
+@dataclass(frozen=True)
+class GramMixerConfig:
+    """The `gram_softmax` closed form on the captured Gram (no agent)."""
+
+    eta: float = _f(1.0, doc="w_i = prior_i exp(eta z_i), z = the z-scored reward estimate across "
+                    "domains: a domain one s.d. above the mean gets e^eta times its prior share.",
+                    rng=(0.0, None, True, None))
+    warmup_steps: int = _f(0, doc="Steps at the prior before the weights move (the estimate "
+                           "still updates).", rng=(0, None, True, None))
 
 
 @dataclass(frozen=True)
@@ -238,7 +286,13 @@ class ACODMConfig:
     """The whole ``acodm:`` block."""
 
     domains: tuple[DomainSpec, ...] = _f(doc="Ordered list of domains (required).")
-    mixer: Literal["static", "odm", "acodm"] = _f("acodm", doc="Mixing method.")
+    preset: Literal["paper", "aligned"] = _f(
+        "paper", doc="Defaults under the keys you set: `paper` = the field defaults below (the "
+        "paper's AC-ODM); `aligned` = the improved AC-ODM measured by `bench-mix` (see "
+        "`neox_acodm.config.PRESETS` and the README).")
+    mixer: Literal["static", "odm", "acodm", "gram_softmax"] = _f(
+        "acodm", doc="Mixing method. `gram_softmax`: the same-signal closed form (R&B-style, "
+        "arXiv 2505.00358): w = prior * exp(eta z(rhat)) from the `aligned` Gram estimate, no RL.")
     seed: int = _f(1234, doc="Seed of the step plan, cursors, exploration and agent init.")
     total_steps: int | None = _f(
         None, doc="T, for the progress feature and LR schedules; NeoX/Megatron fill it from "
@@ -254,6 +308,7 @@ class ACODMConfig:
     reward: RewardConfig = _f(factory=RewardConfig, doc="See `acodm.reward.*`.")
     state: StateConfig = _f(factory=StateConfig, doc="See `acodm.state.*`.")
     proxy: ProxyConfig = _f(factory=ProxyConfig, doc="See `acodm.proxy.*`.")
+    gram: GramMixerConfig = _f(factory=lambda: GramMixerConfig(), doc="See `acodm.gram.*`.")
     log_interval: int = _f(1, doc="Steps between `acodm/*` metric logs.", rng=(1, None, True, None))
 
     # ---- derived -------------------------------------------------------------------------
@@ -268,7 +323,7 @@ class ACODMConfig:
     @property
     def needs_rewards(self) -> bool:
         """True when per-domain gradients must be captured (AC-ODM, not a proxy target)."""
-        return self.mixer == "acodm" and self.proxy.role != "target"
+        return (self.mixer == "acodm" and self.proxy.role != "target") or self.mixer == "gram_softmax"
 
     def replace(self, **changes: Any) -> "ACODMConfig":
         """A copy with top-level fields replaced (validated again)."""
@@ -363,6 +418,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if not math.isfinite(value):
             raise ConfigError(f"{path}: must be finite, got {value!r}")
         return float(value)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
@@ -457,16 +516,57 @@ def _validate(obj: Any, path: str) -> None:
         if obj.sampling.max_weight * k < 1.0:
             raise ConfigError(f"{path}.sampling.max_weight: {obj.sampling.max_weight} x {k} "
                               f"domains is below 1; raise it to at least {1.0 / k:.4g}")
+        if obj.agent.objective == "decomposed" and obj.reward.mode == "reference":
+            raise ConfigError(f"{path}.agent.objective: 'decomposed' needs a scalar reward "
+                              f"(reward.mode 'paper' or 'aligned'), got reward.mode 'reference'")
+        if obj.state.include_reward and obj.proxy.role != "none":
+            raise ConfigError(f"{path}.state.include_reward: a proxy target computes no rewards, so "
+                              f"the transferred actor would see zeros where it was trained on "
+                              f"estimates; set it false for proxy runs")
         if obj.proxy.role != "none" and obj.mixer != "acodm":
             raise ConfigError(f"{path}.proxy.role: proxy mode needs mixer 'acodm', got "
                               f"{obj.mixer!r}")
+
+
+#: named defaults applied under the user's keys (``acodm.preset``); ``paper`` = field defaults
+PRESETS: dict[str, dict] = {
+    "paper": {},
+    "aligned": {
+        "sampling": {"allocation": "stratified"},
+        "reward": {"mode": "aligned", "self_term": "lagged"},
+        "state": {"include_reward": True},
+        "agent": {"actor_init": "prior", "critic_action": "log_ratio", "objective": "decomposed",
+                  "noise_space": "log", "exploration_std": 0.1, "warmup_noise_std": 0.1,
+                  "warmup_steps": 0, "hidden_dim": 256, "num_layers": 2, "gamma": 0.5,
+                  "tau": 0.05, "kl_coef": 1.0, "actor_lr": 1e-3},
+    },
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def apply_preset(block: Any, path: str = "acodm") -> Any:
+    """The block with its preset's defaults filled in under the keys it sets."""
+    if not isinstance(block, dict) or "preset" not in block:
+        return block
+    name = block["preset"]
+    if name not in PRESETS:
+        close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{path}.preset: got {name!r}{hint} (allowed: {', '.join(PRESETS)})")
+    return _merge(PRESETS[name], block)
 
 
 def parse_config(block: Any, path: str = "acodm") -> ACODMConfig:
     """Parse the ``acodm:`` mapping (already loaded from YAML/JSON) into :class:`ACODMConfig`."""
     if isinstance(block, ACODMConfig):
         return block
-    return _build(ACODMConfig, block, path)
+    return _build(ACODMConfig, apply_preset(block, path), path)
 
 
 def load_config(file: str | Path) -> ACODMConfig:

@@ -31,7 +31,7 @@ class GradientProbe:
 
     def __init__(self, params: list[SelectedParam], num_domains: int, estimator: str,
                  sketch_dim: int, sketch_seed: int, ops: Ops,
-                 domain_source: Callable[[], Sequence[int]] | None = None):
+                 domain_source: Callable[[], Sequence[int]] | None = None, lagged: bool = False):
         if not params:
             raise ValueError("GradientProbe needs at least one parameter")
         self.params = params
@@ -50,6 +50,10 @@ class GradientProbe:
         device = params[0].param.device
         width = total if estimator == "exact" else sketch_dim
         self.buffer = torch.zeros(num_domains, width, dtype=torch.float32, device=device)
+        # lagged: keep last step's per-domain mean gradients [K, width] for <g_i(t), g_j(t-1)>
+        self.lagged = lagged
+        self._prev_mean: torch.Tensor | None = None
+        self.lagged_gram: torch.Tensor | None = None
         # this step's micro-batch domains on this rank, pulled lazily from the plan at the first
         # gradient of a step (ranks that load no data, e.g. middle pipeline stages, included)
         self.domain_source = domain_source
@@ -105,6 +109,10 @@ class GradientProbe:
             gram = self.ops.gram(self.buffer)
         inv = torch.where(counts > 0, 1.0 / counts.to(torch.float64).clamp_min(1), 0.0).to(gram.device)
         gram = (gram.to(torch.float64) * inv[:, None] * inv[None, :]).to(torch.float32)
+        if self.lagged:  # [K, K] <g_i(t), g_j(t-1)> of this rank's tensors (partial under TP/PP)
+            mean = self.buffer * inv.to(self.buffer.device, torch.float32)[:, None]
+            self.lagged_gram = None if self._prev_mean is None else (mean @ self._prev_mean.T).float()
+            self._prev_mean = mean
         self.buffer.zero_()
         self._domains = None
         self._calls = [0] * len(self.params)
@@ -116,4 +124,12 @@ class GradientProbe:
         self._handles = []
 
     def memory_bytes(self) -> int:
-        return self.buffer.numel() * 4
+        return self.buffer.numel() * 4 * (2 if self.lagged else 1)
+
+    def state_dict(self) -> dict:
+        """The lagged buffer (empty unless ``lagged``): resume must see the same g(t-1)."""
+        return {"prev_mean": None if self._prev_mean is None else self._prev_mean.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        prev = state.get("prev_mean")
+        self._prev_mean = None if prev is None else prev.to(self.buffer.device)

@@ -29,7 +29,6 @@ from . import checkpoint
 from .config import ACODMConfig, ConfigError
 from .dist import all_reduce_sum, all_stage_keys, broadcast_weights, group_rank, group_size, is_distributed, sum_over
 from .mixers import Mixer, StepStats, build_mixer
-from .mixers.acodm import ACODMMixer
 from .ops import get_ops
 from .plan import DomainCursors, StepPlan, build_step_plan, normalize_weights
 from .probe import GradientProbe
@@ -50,7 +49,7 @@ def resolve_initial_weights(cfg: ACODMConfig, token_counts: Sequence[float] | No
         if token_counts is None:
             raise ConfigError("acodm.initial_weights: 'tokens' needs the per-domain token counts, "
                               "which this integration did not provide; use 'config' or 'uniform'")
-        return np.asarray(token_counts, dtype=np.float64)
+        return np.asarray(token_counts, dtype=np.float64) ** (1.0 / cfg.sampling.temperature)
     return np.full(cfg.num_domains, 1.0 / cfg.num_domains)
 
 
@@ -95,6 +94,14 @@ class MixingRuntime:
         if sharded and cfg.state.update_norm == "exact":
             raise ConfigError("acodm.state.update_norm: 'exact' keeps per-rank weight copies that "
                               "are not checkpointed under tensor/pipeline parallelism; use 'norm_change'")
+        update_norm = cfg.state.update_norm
+        if update_norm == "auto":
+            update_norm = "norm_change" if sharded else "exact"
+        lagged = cfg.reward.mode == "aligned" and cfg.reward.self_term == "lagged"
+        if sharded and lagged and cfg.needs_rewards:
+            raise ConfigError("acodm.reward.self_term: 'lagged' keeps per-rank gradient shards of the "
+                              "previous step that are not checkpointed under tensor/pipeline "
+                              "parallelism; use 'raw' or 'drop'")
         self.probe: GradientProbe | None = None
         if cfg.needs_rewards:
             if model is None:
@@ -105,7 +112,8 @@ class MixingRuntime:
                 ops = get_ops(cfg.reward.backend, model_device)
                 self.probe = GradientProbe(params, self.k, cfg.reward.estimator, cfg.reward.sketch_dim,
                                            cfg.reward.sketch_seed, ops,
-                                           domain_source=lambda: self.plan().domains[self.dp_rank])
+                                           domain_source=lambda: self.plan().domains[self.dp_rank],
+                                           lagged=lagged and self.is_owner)
                 logger.info("acodm: capturing per-domain gradients of %d tensors (%d elements, %s, "
                             "buffer %.1f MiB, backend %s): %s", len(params), self.probe.num_params,
                             cfg.reward.estimator, self.probe.memory_bytes() / 2**20, ops.name,
@@ -123,7 +131,7 @@ class MixingRuntime:
             else:
                 chosen = chosen_layer_keys(keys, sel, "acodm.state.norm_params")
                 positions, num_norm_layers = [chosen.index(p.layer) for p in norm_params], len(chosen)
-            self.norms = ParamNorms(norm_params, cfg.state.update_norm, positions, num_norm_layers)
+            self.norms = ParamNorms(norm_params, update_norm, positions, num_norm_layers)
         self.mixer: Mixer | None = None
         if self.is_owner:
             dev = agent_device or (model_device if cfg.agent.device == "auto" else cfg.agent.device)
@@ -136,7 +144,8 @@ class MixingRuntime:
         """This step's plan; the first call of a step advances the per-domain cursors."""
         if self._plan is None:
             self._plan = build_step_plan(self.cfg.seed, self.step, self.weights, self.dp_size,
-                                         self.grad_accum, self.cfg.sampling.min_microbatches_per_domain)
+                                         self.grad_accum, self.cfg.sampling.min_microbatches_per_domain,
+                                         self.cfg.sampling.allocation)
             if self.cursors is not None:
                 self._starts = self.cursors.assign(self._plan, self.micro_batch)
         return self._plan
@@ -181,11 +190,12 @@ class MixingRuntime:
         stats_t = sum_over(stats_t, self.pipe_group).cpu()  # losses live on the last stage
         cnt = stats_t[1].double()
         loss = torch.where(cnt > 0, stats_t[0].double() / cnt.clamp_min(1), float("nan")).numpy()
-        gram = None
+        gram = lagged = None
         if self.cfg.needs_rewards:
             t0 = time.perf_counter()
             if self.probe is not None:
                 gram = self.probe.reduce_gram(torch.as_tensor(plan.counts), self.dp_group)
+                lagged = None if self.probe.lagged_gram is None else self.probe.lagged_gram.cpu()
                 self.timings["capture"] = self.probe.capture_seconds
             else:
                 gram = torch.zeros(self.k, self.k)
@@ -202,7 +212,7 @@ class MixingRuntime:
         metrics: dict[str, float] = {}
         if self.is_owner:
             t0 = time.perf_counter()
-            new, metrics = self._owner_update(plan, loss, gram, norms, upd)
+            new, metrics = self._owner_update(plan, loss, gram, norms, upd, lagged)
             self.timings["mixer"] += time.perf_counter() - t0
         self.weights = broadcast_weights(new, self.k, self.group, self.comm_device)
         self.step += 1
@@ -211,11 +221,14 @@ class MixingRuntime:
         self._loss_cnt.zero_()
         return metrics
 
-    def _owner_update(self, plan: StepPlan, loss: np.ndarray, gram, norms, upd) -> tuple[np.ndarray, dict]:
+    def _owner_update(self, plan: StepPlan, loss: np.ndarray, gram, norms, upd,
+                      lagged=None) -> tuple[np.ndarray, dict]:
         stats = StepStats(step=self.step, weights=self.weights.copy(), probs=plan.probs,
-                          counts=plan.counts, loss=loss, gram=gram, norms=norms, update_norms=upd)
+                          counts=plan.counts, loss=loss, gram=gram, norms=norms, update_norms=upd,
+                          inclusion=plan.inclusion, lagged_gram=lagged)
         if not stats.is_finite():
             self.skipped_steps += 1
+            self.mixer.skip(stats)
             logger.warning("acodm: step %d has non-finite statistics (loss %s); the mixer is not "
                            "updated and the weights are kept", self.step, loss)
             return self.weights, {"skipped": 1.0}
@@ -231,7 +244,7 @@ class MixingRuntime:
         metrics = {f"weight/{n}": float(w) for n, w in zip(self.cfg.domain_names, new)}
         metrics.update({f"loss/{n}": float(x) for n, x in zip(self.cfg.domain_names, loss)
                         if np.isfinite(x)})
-        if isinstance(self.mixer, ACODMMixer) and self.mixer.needs_gram:
+        if self.mixer.last_reward is not None:
             metrics.update({f"reward/{n}": float(r)
                             for n, r in zip(self.cfg.domain_names, self.mixer.last_reward)})
         metrics.update(self.mixer.last_metrics)
@@ -250,6 +263,7 @@ class MixingRuntime:
             "cursors": self.cursors.state_dict() if self.cursors is not None else None,
             "mixer": self.mixer.state_dict() if self.mixer is not None else None,
             "norms": self.norms.state_dict() if self.norms is not None else None,
+            "probe": self.probe.state_dict() if self.probe is not None and self.probe.lagged else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -272,6 +286,8 @@ class MixingRuntime:
             self.mixer.load_state_dict(state["mixer"])
         if self.norms is not None and state["norms"] is not None:
             self.norms.load_state_dict(state["norms"])
+        if self.probe is not None and self.probe.lagged and state.get("probe") is not None:
+            self.probe.load_state_dict(state["probe"])
         self._plan, self._starts = None, None
 
     def save(self, path: str) -> None:
@@ -293,7 +309,7 @@ class MixingRuntime:
                 error = e
         if is_distributed(self.group):
             box = [None if state is None else {k: v for k, v in state.items()
-                                               if k not in ("mixer", "norms")}]
+                                               if k not in ("mixer", "norms", "probe")}]
             if error is not None:
                 box = [{"__error__": f"{type(error).__name__}: {error}"}]
             src = dist.get_global_rank(self.group, 0) if self.group is not None else 0
@@ -301,14 +317,14 @@ class MixingRuntime:
             if error is None and "__error__" in box[0]:
                 raise RuntimeError(f"acodm: the owner rank could not load {path}: {box[0]['__error__']}")
             if state is None and error is None:
-                state = dict(box[0], mixer=None, norms=None)
+                state = dict(box[0], mixer=None, norms=None, probe=None)
         if error is not None:
             raise error
         self.load_state_dict(state)
 
     def export_policy(self) -> None:
         """Proxy source: write the actor to ``acodm.proxy.policy_path`` (owner only)."""
-        if self.is_owner and self.cfg.proxy.role == "source" and isinstance(self.mixer, ACODMMixer):
+        if self.is_owner and self.cfg.proxy.role == "source" and self.mixer is not None:
             self.mixer.export_policy(self.cfg.proxy.policy_path)
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ Layout, dimension 3K + 2L + 1::
     [3K, 3K+L)   ||W_l||            Frobenius norms of the norm layers
     [3K+L, 3K+2L) update norm       ||W_l(t) - W_l(t-1)|| or | ||W_l(t)|| - ||W_l(t-1)|| |
     [3K+2L]      t / T              progress in [0, 1] (the reference code used 100 t / T)
+    [3K+2L+1, +E) extra             optional (``state.include_reward``): z(rhat), the reward estimate
 
 Each of the first five groups is z-scored across its entries when ``normalize == "zscore"``.
 """
@@ -23,8 +24,8 @@ from .rewards import zscore
 from .selectors import SelectedParam
 
 
-def state_dim(num_domains: int, num_norm_layers: int) -> int:
-    return 3 * num_domains + 2 * num_norm_layers + 1
+def state_dim(num_domains: int, num_norm_layers: int, extra: int = 0) -> int:
+    return 3 * num_domains + 2 * num_norm_layers + 1 + extra
 
 
 class ParamNorms:
@@ -85,8 +86,10 @@ class ParamNorms:
 class StateBuilder:
     """Builds s_t from one step's statistics; remembers the previous losses."""
 
-    def __init__(self, num_domains: int, num_norm_layers: int, total_steps: int, normalize: str):
+    def __init__(self, num_domains: int, num_norm_layers: int, total_steps: int, normalize: str,
+                 extra: int = 0):
         self.k = num_domains
+        self.extra = extra
         self.l = num_norm_layers
         self.total_steps = max(1, total_steps)
         self.normalize = normalize
@@ -95,12 +98,12 @@ class StateBuilder:
 
     @property
     def dim(self) -> int:
-        return state_dim(self.k, self.l)
+        return state_dim(self.k, self.l, self.extra)
 
     def build(self, step: int, loss: torch.Tensor, counts: torch.Tensor, norms: torch.Tensor,
-              update_norms: torch.Tensor) -> torch.Tensor:
+              update_norms: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """loss: [K] (NaN where the domain drew nothing); counts: [K] this step's micro-batches;
-        norms, update_norms: [L]. Returns [3K + 2L + 1] float32."""
+        norms, update_norms: [L]; extra: [E] appended as is. Returns [3K + 2L + 1 + E] float32."""
         loss = loss.to(torch.float32)
         present = torch.isfinite(loss)
         if self.prev_loss is None:
@@ -115,9 +118,12 @@ class StateBuilder:
         share = (self.cum_counts / self.cum_counts.sum().clamp_min(1)).to(torch.float32)
         groups = [cur, delta, share, norms.to(torch.float32), update_norms.to(torch.float32)]
         if self.normalize == "zscore":
-            groups = [zscore(g) for g in groups]
+            # z-scoring fewer than 3 entries gives constants (+-0.707 for 2): use log-scale there
+            groups = [zscore(g) if g.numel() >= 3 or i < 3 else torch.log1p(g.clamp_min(0))
+                      for i, g in enumerate(groups)]
         progress = torch.tensor([min(step / self.total_steps, 1.0)], dtype=torch.float32)
-        return torch.cat(groups + [progress])
+        tail = [] if self.extra == 0 else [torch.zeros(self.extra) if extra is None else extra.float()]
+        return torch.cat(groups + [progress] + tail)
 
     def state_dict(self) -> dict:
         return {"prev_loss": self.prev_loss, "cum_counts": self.cum_counts.clone()}

@@ -86,7 +86,7 @@ def test_actor_loss_does_not_move_critic():
     ref = copy.deepcopy(agent)
     agent.update()
     # replay the critic step alone on the copy: the critic must match exactly
-    s, a, r, s2 = ref.replay.sample(CFG.batch_size, ref.generator)
+    s, a, r, s2, _, _ = ref.replay.sample(CFG.batch_size, ref.generator)
     with torch.no_grad():
         y = r + CFG.gamma * ref.critic_target(s2, ref.actor_target(s2))
     loss = torch.nn.functional.mse_loss(ref.critic(s, a), y)

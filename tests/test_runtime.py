@@ -27,6 +27,9 @@ def make(cfg, seed=0, **kw):
     ("acodm", {"agent": {"warmup_policy": "odm", "warmup_steps": 5, "hidden_dim": 32,
                          "num_layers": 2, "batch_size": 4, "buffer_size": 64, "tau": 0.05},
                "state": {"update_norm": "exact"}}),
+    ("gram_softmax", {"reward": {"mode": "aligned", "self_term": "lagged"},
+                      "sampling": {"allocation": "stratified"}}),
+    ("acodm", {"preset": "aligned", "agent": {"hidden_dim": 32, "batch_size": 4, "buffer_size": 64}}),
 ])
 def test_resume_reproduces_next_50_weight_vectors(tmp_path, mixer, extra):
     cfg = tiny_cfg(mixer, **extra)

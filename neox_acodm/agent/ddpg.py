@@ -7,6 +7,11 @@
 
 ``reward_dim`` 1 = the paper's scalar objective; ``num_domains`` = the reference code's vector
 critic, whose actor maximises the unweighted mean of the K Q-heads.
+
+``objective: decomposed`` (our option): the reward is r_t = a_t . c_t with a known coefficient
+c_t (the per-domain reward estimate, stored with each transition), so the actor maximises
+c(s) . mu(s) + Q_c(s, mu(s)) - beta KL(mu || prior), using the immediate part's gradient
+exactly; the critic learns only the continuation Q_c(s, a) = gamma E[c' . mu'(s') + Q_c(s', mu'(s'))].
 """
 
 from __future__ import annotations
@@ -56,8 +61,10 @@ class DDPGAgent:
         # restored CUDA RNG state on resume)
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
-            self.actor = Actor(state_dim, num_domains, cfg.hidden_dim, cfg.num_layers)
-            self.critic = Critic(state_dim, num_domains, cfg.hidden_dim, cfg.num_layers, reward_dim)
+            self.actor = Actor(state_dim, num_domains, cfg.hidden_dim, cfg.num_layers,
+                               residual=cfg.actor_init == "prior", prior=prior)
+            self.critic = Critic(state_dim, num_domains, cfg.hidden_dim, cfg.num_layers, reward_dim,
+                                 log_ratio=cfg.critic_action == "log_ratio", prior=prior)
         self.actor.to(self.device)
         self.critic.to(self.device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
@@ -69,7 +76,9 @@ class DDPGAgent:
         sched = lambda n: lr_factor(n, cfg.lr_warmup_steps, total_updates, cfg.lr_decay, cfg.min_lr_ratio)
         self.actor_sched = torch.optim.lr_scheduler.LambdaLR(self.actor_opt, sched)
         self.critic_sched = torch.optim.lr_scheduler.LambdaLR(self.critic_opt, sched)
-        self.replay = ReplayBuffer(cfg.buffer_size, state_dim, num_domains, reward_dim, self.device)
+        self.decomposed = cfg.objective == "decomposed"
+        self.replay = ReplayBuffer(cfg.buffer_size, state_dim, num_domains, reward_dim, self.device,
+                                   coef_dim=num_domains if self.decomposed else 0)
         # [K] anchor of the KL penalty (the initial weights); uniform if not given
         p = torch.full((num_domains,), 1.0 / num_domains) if prior is None else torch.as_tensor(prior, dtype=torch.float32)
         self.log_prior = (p / p.sum()).clamp_min(1e-8).log().to(self.device)
@@ -84,11 +93,16 @@ class DDPGAgent:
         """Deterministic policy mu(s). state: [S] -> weights [K] float32 on the CPU."""
         return self.actor(state.to(self.device, torch.float32)[None])[0].float().cpu()
 
-    def observe(self, s: torch.Tensor, a: torch.Tensor, r: torch.Tensor, s2: torch.Tensor) -> None:
-        """Store a transition. s, s2: [S]; a: [K]; r: [reward_dim]."""
+    def observe(self, s: torch.Tensor, a: torch.Tensor, r: torch.Tensor, s2: torch.Tensor,
+                coef: torch.Tensor | None = None, coef_next: torch.Tensor | None = None) -> None:
+        """Store a transition. s, s2: [S]; a: [K]; r: [reward_dim]; coef, coef_next: [K] the
+        known reward coefficients at s and s2 (``decomposed`` only)."""
         if self.frozen:
             return
-        self.replay.add(s.to(self.device), a.to(self.device), r.to(self.device), s2.to(self.device))
+        if self.decomposed and (coef is None or coef_next is None):
+            raise ValueError("objective 'decomposed' needs the reward coefficients of s and s2")
+        self.replay.add(s.to(self.device), a.to(self.device), r.to(self.device), s2.to(self.device),
+                        coef, coef_next)
 
     # -- learning -----------------------------------------------------------------------------
     def update(self) -> dict[str, float] | None:
@@ -96,9 +110,13 @@ class DDPGAgent:
         if self.frozen or len(self.replay) == 0:
             return None
         cfg = self.cfg
-        s, a, r, s2 = self.replay.sample(cfg.batch_size, self.generator)
+        s, a, r, s2, c, c2 = self.replay.sample(cfg.batch_size, self.generator)
         with torch.no_grad():
-            y = r + cfg.gamma * self.critic_target(s2, self.actor_target(s2))
+            mu2 = self.actor_target(s2)
+            if self.decomposed:  # continuation only: the immediate reward is c . a, known
+                y = cfg.gamma * ((mu2 * c2).sum(-1, keepdim=True) + self.critic_target(s2, mu2))
+            else:
+                y = r + cfg.gamma * self.critic_target(s2, mu2)
         critic_loss = nn.functional.mse_loss(self.critic(s, a), y)
         if not torch.isfinite(critic_loss):
             self.skipped_updates += 1
@@ -114,6 +132,8 @@ class DDPGAgent:
         try:
             mu = self.actor(s)
             actor_loss = -self.critic(s, mu).mean()
+            if self.decomposed:
+                actor_loss = actor_loss - (mu * c).sum(-1).mean()
             if cfg.kl_coef > 0:  # KL(mu || prior): keeps the Gibbs-like optimum off the vertices
                 kl = (mu * (mu.clamp_min(1e-8).log() - self.log_prior)).sum(-1).mean()
                 actor_loss = actor_loss + cfg.kl_coef * kl

@@ -49,8 +49,7 @@ class TrainSpec:
     grad_accum: int
     lr: float
     warmup: int
-    eval_every: int
-    eval_windows: int
+    eval_steps: tuple[int, ...]  # steps after which the full validation sets are evaluated
     seed: int
 
 
@@ -60,73 +59,72 @@ def _lm_loss(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, valid: list[DomainData], n_windows: int, batch: int = 16) -> dict[str, float]:
-    """Per-domain validation perplexity exp(mean token CE) on the first ``n_windows`` windows."""
+def evaluate(model: torch.nn.Module, valid: list[DomainData], batch: int = 32) -> dict[str, float]:
+    """Per-domain mean token cross-entropy over *every* window of each validation set."""
     model.eval()
     out = {}
     for d in valid:
-        idx = np.arange(min(n_windows, len(d)))
-        total, count = 0.0, 0
+        idx = np.arange(len(d))
+        total = 0.0
         for lo in range(0, len(idx), batch):
             x = d.windows(idx[lo:lo + batch])
             total += float(_lm_loss(model, x)) * x.shape[0]
-            count += x.shape[0]
-        out[d.name] = math.exp(total / max(1, count))
-    out["avg"] = float(np.mean([out[d.name] for d in valid]))
+        out[d.name] = total / max(1, len(idx))
     model.train()
     return out
 
 
 def train_run(name: str, cfg: ACODMConfig, model_spec: ModelSpec, spec: TrainSpec, train: list[DomainData],
               valid: list[DomainData], progress=None) -> dict:
-    """Train one mixer from the fixed seed/init; returns its curves and timings."""
+    """Train one mixer from the seed's init and data order; returns its curves and timings.
+
+    Within a seed every mixer starts from the same weights (``ModelSpec.build(seed)``) and reads
+    each domain's stream in the same order (cursors seeded by ``cfg.seed``).
+    """
     model = model_spec.build(spec.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / spec.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / spec.steps)))))
+        opt, lambda s: min(1.0, (s + 1) / max(1, spec.warmup)) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / spec.steps)))))
     rt = MixingRuntime(cfg, dataset_sizes=[len(d) for d in train], grad_accum=spec.grad_accum,
                        micro_batch=spec.micro_batch, total_steps=spec.steps, model=model,
                        token_counts=[len(d.tokens) for d in train])
-    val_curve, weights_curve, train_loss = [], [], []
-    weights_curve.append({"step": 0, "weights": rt.weights.tolist()})
-    ev = evaluate(model, valid, spec.eval_windows)
-    val_curve.append({"step": 0, "avg_ppl": ev["avg"], "per_domain": ev})
+    eval_steps = set(spec.eval_steps) | {spec.steps}
+    val_curve = [{"step": 0, "loss": evaluate(model, valid)}]
+    weights_curve = [rt.weights.tolist()]
+    rewards_curve, train_loss = [], []
     train_time = 0.0
     for step in range(spec.steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        step_loss = 0.0
+        step_loss = torch.zeros(())
         for g, (d, idx) in enumerate(rt.micro_batches()):
             rt.begin_microbatch(g, grad_scale=float(spec.grad_accum))
             loss = _lm_loss(model, train[d].windows(idx))
             (loss / spec.grad_accum).backward()
             rt.record_loss(d, loss)
-            step_loss += float(loss) / spec.grad_accum
+            step_loss += loss.detach() / spec.grad_accum
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        rt.end_step()
+        metrics = rt.end_step()
         train_time += time.perf_counter() - t0
-        train_loss.append(step_loss)
-        weights_curve.append({"step": step + 1, "weights": rt.weights.tolist()})
-        if (step + 1) % spec.eval_every == 0 or step + 1 == spec.steps:
-            ev = evaluate(model, valid, spec.eval_windows)
-            val_curve.append({"step": step + 1, "avg_ppl": ev["avg"], "per_domain": ev})
+        train_loss.append(float(step_loss))
+        weights_curve.append(rt.weights.tolist())
+        if rt.mixer is not None and rt.mixer.last_reward is not None:
+            rewards_curve.append([float(x) for x in rt.mixer.last_reward])
+        if step + 1 in eval_steps:
+            val_curve.append({"step": step + 1, "loss": evaluate(model, valid)})
         if progress is not None:
             progress.update(1)
-            progress.set_postfix_str(f"{name} loss {step_loss:.2f} val {val_curve[-1]['avg_ppl']:.1f}")
+            progress.set_postfix_str(f"{name} loss {train_loss[-1]:.2f}", refresh=False)
     reward_time = sum(rt.timings.values())
     result = {
-        "final_val_ppl": val_curve[-1]["per_domain"],
-        "val_curve": [{"step": v["step"], "avg_ppl": v["avg_ppl"]} for v in val_curve],
-        "val_curve_per_domain": [{"step": v["step"], **v["per_domain"]} for v in val_curve],
-        "weights_curve": weights_curve,
-        "train_loss": train_loss,
-        "train_seconds": train_time,
-        "reward_seconds": reward_time,
+        "val_curve": val_curve, "weights_curve": weights_curve, "rewards_curve": rewards_curve,
+        "train_loss": train_loss, "train_seconds": train_time, "reward_seconds": reward_time,
         "reward_time_share": reward_time / train_time if train_time > 0 else 0.0,
-        "timings": dict(rt.timings),
-        "skipped_steps": rt.skipped_steps,
+        "timings": dict(rt.timings), "skipped_steps": rt.skipped_steps,
+        "agent_updates": getattr(getattr(rt.mixer, "agent", None), "num_updates", 0),
+        "last_metrics": {k: v for k, v in metrics.items() if not k.startswith(("weight/", "loss/", "reward/"))},
     }
     rt.export_policy()
     rt.close()

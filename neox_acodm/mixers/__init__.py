@@ -8,10 +8,11 @@ import torch
 from ..config import ACODMConfig
 from .acodm import ACODMMixer
 from .base import Mixer, StepStats
+from .gram import GramSoftmaxMixer
 from .odm import ODMMixer, exploration_eps
 from .static import StaticMixer
 
-__all__ = ["ACODMMixer", "Mixer", "ODMMixer", "StaticMixer", "StepStats", "build_mixer",
+__all__ = ["ACODMMixer", "GramSoftmaxMixer", "Mixer", "ODMMixer", "StaticMixer", "StepStats", "build_mixer",
            "exploration_eps"]
 
 
@@ -22,4 +23,6 @@ def build_mixer(cfg: ACODMConfig, initial_weights: np.ndarray, num_norm_layers: 
         return StaticMixer(initial_weights)
     if cfg.mixer == "odm":
         return ODMMixer(initial_weights, cfg.odm)
+    if cfg.mixer == "gram_softmax":
+        return GramSoftmaxMixer(initial_weights, cfg)
     return ACODMMixer(initial_weights, cfg, num_norm_layers, total_steps, device)

@@ -2,9 +2,10 @@
 
 Per step t (after the LM optimizer step, on the owning rank)::
 
-    s_{t+1} = state(losses, counts, norms, progress)
+    s_{t+1} = state(losses, counts, norms, progress [, z(rhat)])
     r_t     = paper:     sum_i a_t,i * rhat_i,  rhat = EMA_xi( W~_i / p_i )  (scalar)
               reference: z(clip(W_i / mean|g|))                              (vector [K])
+              aligned:   sum_i a_t,i * z(rhat)_i, rhat = Ghat c (GramEstimate, unbiased)
     replay  <- (s_t, a_t, r_t, s_{t+1});  agent.update() x updates_per_step
     a_{t+1} = warm-up behaviour (prior + noise, or ODM)   while t + 1 < warmup_steps
               mu(s_{t+1}) + N(0, exploration_std)          afterwards
@@ -20,9 +21,10 @@ import torch
 
 from ..agent import DDPGAgent
 from ..config import ACODMConfig
-from ..rewards import RewardEMA, paper_alignment, reference_reward
+from ..rewards import RewardEMA, paper_alignment, reference_reward, zscore
 from ..state import StateBuilder, state_dim
 from .base import Mixer, StepStats
+from .gram import gram_estimate, update_estimate
 from .odm import ODMMixer
 
 logger = logging.getLogger(__name__)
@@ -39,18 +41,24 @@ class ACODMMixer(Mixer):
         self.target = cfg.proxy.role == "target"
         self.needs_gram = not self.target
         self.vector = cfg.reward.mode == "reference"
-        self.state = StateBuilder(k, num_norm_layers, total_steps, cfg.state.normalize)
-        self.agent = DDPGAgent(cfg.agent, state_dim(k, num_norm_layers), k,
+        self.aligned = cfg.reward.mode == "aligned"
+        extra = k if cfg.state.include_reward else 0
+        self.state = StateBuilder(k, num_norm_layers, total_steps, cfg.state.normalize, extra)
+        self.agent = DDPGAgent(cfg.agent, state_dim(k, num_norm_layers, extra), k,
                                reward_dim=k if self.vector else 1,
                                total_updates=max(1, total_steps * cfg.agent.updates_per_step),
                                seed=cfg.seed, device=device,
                                prior=torch.as_tensor(self.initial, dtype=torch.float32))
         self.reward_ema = RewardEMA(k, cfg.reward.ema, cfg.reward.importance_correction, cfg.reward.clip)
+        self.gram_est = gram_estimate(cfg) if self.aligned else None
+        # the known reward coefficient [K] at the current state (decomposed objective / state)
+        self.coef = torch.zeros(k, dtype=torch.float32)
+        self.prev_coef: torch.Tensor | None = None
         self.warmup_odm = (ODMMixer(initial_weights, cfg.odm)
                            if cfg.agent.warmup_policy == "odm" else None)
         self.noise = torch.Generator().manual_seed(cfg.seed + 2)
         self.prev_state: torch.Tensor | None = None
-        self.last_reward = np.zeros(k)
+        self.last_reward = None if self.target else np.zeros(k)
         if self.target:
             path = cfg.proxy.policy_path
             try:
@@ -68,34 +76,48 @@ class ACODMMixer(Mixer):
             r = reference_reward(stats.gram.cpu(), self.cfg.reward.clip)
             self.last_reward = r.numpy().astype(np.float64)
             return r
-        w = paper_alignment(stats.gram.cpu(), present, self.cfg.reward.clip)
-        rhat = self.reward_ema.update(w, torch.as_tensor(stats.probs), present)
+        if self.aligned:
+            rhat = update_estimate(self.gram_est, stats)
+            self.coef = zscore(rhat.float())
+        else:
+            w = paper_alignment(stats.gram.cpu(), present, self.cfg.reward.clip)
+            rhat = self.reward_ema.update(w, torch.as_tensor(stats.probs), present)
+            self.coef = rhat.float()
         self.last_reward = rhat.numpy().astype(np.float64)
         a = torch.as_tensor(stats.weights, dtype=torch.float32)
-        return (a * rhat).sum().reshape(1)
+        return (a * self.coef).sum().reshape(1)
 
     def _noisy(self, base: np.ndarray, std: float) -> np.ndarray:
         if std <= 0:
             return base
         noise = torch.randn(base.size, generator=self.noise, dtype=torch.float64).numpy()
+        if self.cfg.agent.noise_space == "log":
+            w = np.maximum(base, 1e-12) * np.exp(std * noise)
+            return w / w.sum()
         w = np.clip(base + std * noise, 0.0, None)
         return w if w.sum() > 0 else base
+
+    def skip(self, stats: StepStats) -> None:
+        """A skipped step breaks the (s, a, r, s') chain: the next step starts a new one."""
+        self.prev_state = None
 
     def update(self, stats: StepStats) -> np.ndarray:
         cfg = self.cfg
         norms = stats.norms if stats.norms is not None else torch.zeros(self.state.l)
         upd = stats.update_norms if stats.update_norms is not None else torch.zeros(self.state.l)
-        s_next = self.state.build(stats.step + 1, torch.as_tensor(stats.loss), torch.as_tensor(stats.counts),
-                                  norms, upd)
         metrics: dict[str, float] = {}
+        reward = None
         if not self.target:
             if stats.gram is None:
                 raise RuntimeError("AC-ODM needs the per-domain gradient Gram (stats.gram is None)")
             reward = self._reward(stats)
             metrics["reward"] = float(reward.mean())
+        s_next = self.state.build(stats.step + 1, torch.as_tensor(stats.loss), torch.as_tensor(stats.counts),
+                                  norms, upd, extra=self.coef if self.cfg.state.include_reward else None)
+        if reward is not None:
             if self.prev_state is not None:
                 self.agent.observe(self.prev_state, torch.as_tensor(stats.weights, dtype=torch.float32),
-                                   reward, s_next)
+                                   reward, s_next, self.prev_coef, self.coef)
             if len(self.agent.replay) >= cfg.agent.batch_size:
                 for _ in range(cfg.agent.updates_per_step):
                     out = self.agent.update()
@@ -104,6 +126,7 @@ class ACODMMixer(Mixer):
             if self.warmup_odm is not None:
                 behaviour = self.warmup_odm.update(stats)
         self.prev_state = s_next
+        self.prev_coef = self.coef.clone()
         in_warmup = not self.target and stats.step + 1 < cfg.agent.warmup_steps
         if in_warmup:
             if self.warmup_odm is not None:
@@ -130,7 +153,9 @@ class ACODMMixer(Mixer):
             "reward_ema": self.reward_ema.state_dict(),
             "warmup_odm": self.warmup_odm.state_dict() if self.warmup_odm else None,
             "noise": self.noise.get_state(), "prev_state": self.prev_state,
-            "last_reward": self.last_reward.tolist(),
+            "last_reward": None if self.last_reward is None else self.last_reward.tolist(),
+            "gram_est": self.gram_est.state_dict() if self.gram_est is not None else None,
+            "coef": self.coef.clone(), "prev_coef": self.prev_coef,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -141,4 +166,7 @@ class ACODMMixer(Mixer):
             self.warmup_odm.load_state_dict(state["warmup_odm"])
         self.noise.set_state(state["noise"])
         self.prev_state = state["prev_state"]
-        self.last_reward = np.asarray(state["last_reward"])
+        self.last_reward = None if state["last_reward"] is None else np.asarray(state["last_reward"])
+        if self.gram_est is not None:
+            self.gram_est.load_state_dict(state["gram_est"])
+        self.coef, self.prev_coef = state["coef"].clone(), state["prev_coef"]

@@ -19,6 +19,8 @@ class StepStats:
     loss:    [K] mean micro-batch loss per domain, NaN where counts == 0.
     gram:    [K, K] float32 Gram of per-domain mean gradients, or None (no capture).
     norms, update_norms: [L] float32 norm-layer statistics, or None.
+    inclusion: [K] P(counts_i >= 1) under the plan's allocation (None: use 1 - (1-p)^n).
+    lagged_gram: [K, K] <g_i(t), g_j(t-1)> of the mean gradients, or None.
     """
 
     step: int
@@ -29,6 +31,8 @@ class StepStats:
     gram: torch.Tensor | None = None
     norms: torch.Tensor | None = None
     update_norms: torch.Tensor | None = None
+    inclusion: np.ndarray | None = None
+    lagged_gram: torch.Tensor | None = None
 
     @property
     def present(self) -> np.ndarray:
@@ -38,7 +42,7 @@ class StepStats:
         """False if any statistic the mixers read is NaN/Inf (such a step must not update them)."""
         if not np.all(np.isfinite(self.loss[self.present])):
             return False
-        for t in (self.gram, self.norms, self.update_norms):
+        for t in (self.gram, self.norms, self.update_norms, self.lagged_gram):
             if t is not None and not bool(torch.isfinite(t).all()):
                 return False
         return True
@@ -55,10 +59,20 @@ class Mixer(ABC):
     def __init__(self, initial_weights: np.ndarray):
         self.initial = np.asarray(initial_weights, dtype=np.float64)
         self.last_metrics: dict[str, float] = {}
+        #: [K] the per-domain reward estimate of the last update (logged), or None
+        self.last_reward: np.ndarray | None = None
 
     @abstractmethod
     def update(self, stats: StepStats) -> np.ndarray:
         """Return the weights [K] for step ``stats.step + 1`` (unnormalised is fine)."""
+
+    def skip(self, stats: StepStats) -> None:
+        """The step had non-finite statistics and :meth:`update` was not called."""
+
+    def export_policy(self, path: str) -> None:
+        """Write what a proxy target run loads (only mixers with a learned policy)."""
+        raise ValueError(f"acodm.proxy.role: 'source' needs a learned policy; mixer "
+                         f"{type(self).__name__} has none")
 
     def state_dict(self) -> dict:
         return {}

@@ -1,0 +1,62 @@
+"""The mixers ``bench-mix`` compares: each a function of the scenario that returns the ``acodm:``
+block it runs with (the same keys a NeoX YAML carries), so every mixer goes through the same
+plan, cursors, gradient probe and runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .scenario import Scenario, Size
+
+# block(scenario, size) -> the mixer-specific part of the acodm block
+MixerFn = Callable[[Scenario, Size], dict]
+
+
+def _agent_paper(size: Size) -> dict:
+    # the paper's DDPG with its warm-up scaled to the run (833 of 10k steps ~ 8 %); a 256x3 net
+    # instead of 1024x5 so that CPU runs stay in budget (the demo's setting)
+    return {"hidden_dim": 256, "num_layers": 3, "warmup_steps": max(1, size.train.steps // 12),
+            "batch_size": 32, "actor_lr": 3e-4, "critic_lr": 1e-3, "tau": 0.01, "gamma": 0.9,
+            "exploration_std": 0.01, "warmup_noise_std": 0.02, "device": "cpu"}
+
+
+MIXERS: dict[str, MixerFn] = {
+    "static_natural": lambda sc, sz: {"mixer": "static", "initial_weights": "tokens"},
+    "static_natural_iid": lambda sc, sz: {"mixer": "static", "initial_weights": "tokens",
+                                          "sampling": {"allocation": "iid"}},
+    "uniform": lambda sc, sz: {"mixer": "static", "initial_weights": "uniform"},
+    "temperature": lambda sc, sz: {"mixer": "static", "initial_weights": "tokens",
+                                   "sampling": {"temperature": 2.0}},
+    "metric_weighted": lambda sc, sz: {"mixer": "static", "initial_weights": "config",
+                                       "weights_from_metric": True},
+    "odm": lambda sc, sz: {"mixer": "odm", "initial_weights": "tokens",
+                           "odm": {"variant": "paper", "smoothing": 0.9,
+                                   "warmup_steps": max(1, sz.train.steps // 12)}},
+    "gram_softmax": lambda sc, sz: {"mixer": "gram_softmax", "initial_weights": "tokens",
+                                    "reward": {"mode": "aligned", "self_term": "lagged"}},
+    "acodm_paper": lambda sc, sz: {"mixer": "acodm", "initial_weights": "tokens", "agent": _agent_paper(sz)},
+    "acodm": lambda sc, sz: {"mixer": "acodm", "preset": "aligned", "initial_weights": "tokens",
+                             "agent": {"device": "cpu"}},
+    "acodm_control": lambda sc, sz: {"mixer": "acodm", "preset": "aligned", "initial_weights": "tokens",
+                                     "agent": {"device": "cpu", "updates_per_step": 0}},
+    "acodm_proxy": lambda sc, sz: {"mixer": "acodm", "preset": "aligned", "initial_weights": "tokens",
+                                   "agent": {"device": "cpu"}, "state": {"include_reward": False}},
+}
+
+#: what each mixer is, for the report
+DESCRIPTIONS = {
+    "static_natural": "static, natural token proportions",
+    "static_natural_iid": "static natural with i.i.d. allocation (seed-noise check)",
+    "uniform": "static, uniform",
+    "temperature": "static, tokens^(1/2) (temperature sampling, T = 2)",
+    "metric_weighted": "static, proportional to the metric weights",
+    "odm": "ODM (Exp3 on the training loss, paper variant)",
+    "gram_softmax": "closed form on the Gram: prior * exp(z(G c)) (R&B-style)",
+    "acodm_paper": "AC-ODM, paper mode (reward.mode paper, random actor)",
+    "acodm": "AC-ODM, preset aligned (our defaults)",
+    "acodm_control": "noise control: preset aligned with no agent updates (prior + its exploration noise)",
+    "acodm_proxy": "AC-ODM aligned, policy learned on the small proxy model and frozen",
+}
+
+#: mixers that need a learned, frozen source policy first
+PROXY_MIXERS = ("acodm_proxy",)

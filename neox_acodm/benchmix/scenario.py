@@ -1,0 +1,140 @@
+"""Benchmark scenarios as data: a YAML file names the domains, their sizes and transforms, the
+metric weights, the model, the run length and the seeds. Validated by the same typed engine as
+the ``acodm:`` block, so a bad key fails with its dotted path (``scenario.train.steps: ...``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ..config import ConfigError, _build, _f
+
+__all__ = ["Scenario", "builtin_scenarios", "load_scenario"]
+
+
+@dataclass(frozen=True)
+class ScenarioDomain:
+    """One benchmark domain, cut from a corpus domain."""
+
+    name: str = _f(doc="Domain name in the report.")
+    source: str = _f(doc="Corpus domain it is cut from (see `neox-acodm build-corpus`).")
+    train_tokens: int = _f(doc="Training tokens kept (the natural mix is proportional to these).",
+                           rng=(1024, None, True, None))
+    transform: Literal["none", "shuffle_tokens"] = _f(
+        "none", doc="`shuffle_tokens`: tokens permuted over the whole stream (unigram noise).")
+    metric_weight: float = _f(1.0, doc="Weight in the primary metric (0 = trained on, not scored).",
+                              rng=(0.0, None, True, None))
+    offset_tokens: int = _f(0, doc="Tokens of the source skipped first (two domains may share a "
+                            "source without sharing text).", rng=(0, None, True, None))
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    layers: int = _f(2, rng=(1, None, True, None))
+    hidden: int = _f(64, rng=(8, None, True, None))
+    heads: int = _f(2, rng=(1, None, True, None))
+    seq_len: int = _f(64, rng=(8, None, True, None))
+    proxy_hidden: int = _f(32, doc="Width of the proxy-source model.", rng=(8, None, True, None))
+
+
+@dataclass(frozen=True)
+class TrainSize:
+    steps: int = _f(240, rng=(2, None, True, None))
+    micro_batch: int = _f(8, rng=(1, None, True, None))
+    grad_accum: int = _f(8, doc="Micro-batches per step (>= the number of domains).",
+                         rng=(1, None, True, None))
+    lr: float = _f(3e-3, rng=(0.0, None, False, None))
+    warmup: int = _f(20, rng=(0, None, True, None))
+    eval_points: int = _f(6, doc="Evaluations over the run (the last at the final step).",
+                          rng=(1, None, True, None))
+
+
+@dataclass(frozen=True)
+class Size:
+    """One size preset: model + run length + validation tokens per domain."""
+
+    model: ModelSize = _f(factory=ModelSize)
+    train: TrainSize = _f(factory=TrainSize)
+    valid_tokens: int = _f(8192, doc="Held-out tokens per domain; every one is evaluated.",
+                           rng=(128, None, True, None))
+    vocab: int = _f(1024, rng=(256, None, True, None))
+    cap_mb: float = _f(2.0, doc="MB of text per corpus domain.", rng=(0.05, None, True, None))
+    token_scale: float = _f(1.0, doc="Multiplier on every domain's train_tokens (small sizes).",
+                            rng=(0.0, 1.0, False, True))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str = _f(doc="Scenario name.")
+    domains: tuple[ScenarioDomain, ...] = _f(doc="The domains (>= 2).")
+    mixers: tuple[str, ...] = _f(doc="Mixers to compare (see `neox_acodm.benchmix.mixers.MIXERS`).")
+    description: str = _f("", doc="What the scenario tests.")
+    seeds: tuple[int, ...] = _f((1, 2, 3), doc="Paired seeds: same init and data order for every mixer.")
+    allocation: Literal["iid", "stratified"] = _f("stratified", doc="Plan allocation for every mixer.")
+    min_weight: float = _f(0.005, doc="Weight floor of every mixer.", rng=(0.0, 1.0, True, False))
+    sizes: dict = _f(factory=dict, doc="Size presets by name (`cpu`, `quick`, `gpu`, `demo`): "
+                     "each a mapping of `model`, `train`, `valid_tokens`, `vocab`, `cap_mb`.")
+
+
+def _check(sc: Scenario, path: str) -> None:
+    from .mixers import MIXERS
+
+    if len(sc.domains) < 2:
+        raise ConfigError(f"{path}.domains: at least two domains are required")
+    names = [d.name for d in sc.domains]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}.domains: duplicate names {names}")
+    if sum(d.metric_weight for d in sc.domains) <= 0:
+        raise ConfigError(f"{path}.domains: at least one metric_weight must be positive")
+    for m in sc.mixers:
+        if m not in MIXERS:
+            raise ConfigError(f"{path}.mixers: unknown mixer {m!r} (known: {', '.join(MIXERS)})")
+    if not sc.seeds:
+        raise ConfigError(f"{path}.seeds: at least one seed is required")
+    if "cpu" not in sc.sizes:
+        raise ConfigError(f"{path}.sizes.cpu: required (the default size)")
+    for key, value in sc.sizes.items():
+        size = _build(Size, value, f"{path}.sizes.{key}")
+        if size.train.grad_accum < len(sc.domains):
+            raise ConfigError(f"{path}.sizes.{key}.train.grad_accum: {size.train.grad_accum} < "
+                              f"{len(sc.domains)} domains; every domain must be drawable every step")
+
+
+def parse_scenario(data: Any, path: str = "scenario") -> Scenario:
+    sc = _build(Scenario, data, path)
+    _check(sc, path)
+    return sc
+
+
+def size_of(sc: Scenario, name: str) -> Size:
+    if name not in sc.sizes:
+        raise ConfigError(f"scenario {sc.name}: no size {name!r} (has {', '.join(sc.sizes)})")
+    return _build(Size, sc.sizes[name], f"scenario.sizes.{name}")
+
+
+def builtin_scenarios() -> dict[str, Path]:
+    root = resources.files(__package__) / "scenarios"
+    return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".yml")}
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    """A built-in scenario by name, or a scenario YAML file."""
+    builtin = builtin_scenarios()
+    path = builtin.get(name_or_path, Path(name_or_path))
+    if not path.exists():
+        raise ConfigError(f"{name_or_path}: no such scenario file or built-in scenario "
+                          f"(built-in: {', '.join(sorted(builtin))})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    return parse_scenario(data, "scenario")
+
+
+def to_dict(obj: Any) -> Any:
+    return dataclasses.asdict(obj)
