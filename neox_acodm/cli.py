@@ -25,6 +25,11 @@ def _check_config(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
+    except Exception as e:  # noqa: BLE001 - never a traceback for a user's file
+        logger.debug("check-config failed", exc_info=True)
+        sys.stderr.write(f"error: {args.file}: cannot be read as an acodm config "
+                         f"({type(e).__name__}: {str(e)[:200]})\n")
+        return 2
     sys.stdout.write(json.dumps(cfg.to_dict(), indent=2) + "\n")
     sys.stderr.write(f"ok: {cfg.num_domains} domains, mixer={cfg.mixer}\n")
     return 0

@@ -15,13 +15,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import types
-import typing
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
-import yaml
+from .typed_yaml import ConfigError, _build, _f, _to_plain, load_yaml, reference_rows
 
 __all__ = [
     "ACODMConfig",
@@ -39,20 +38,6 @@ __all__ = [
     "parse_config",
     "config_reference",
 ]
-
-
-class ConfigError(ValueError):
-    """A bad ``acodm`` value; the message starts with the dotted key path."""
-
-
-def _f(default: Any = dataclasses.MISSING, doc: str = "", rng: tuple | None = None, factory=None):
-    """Declare a documented field; ``rng`` = (lo, hi, lo_inclusive, hi_inclusive), None = open."""
-    meta = {"doc": doc}
-    if rng is not None:
-        meta["range"] = rng
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,6 +66,20 @@ class DomainSpec:
         rng=(0.0, None, True, None))
 
 
+# Role aliases of ParamSelector.module: the MLP/attention projection names of the frameworks we support.
+ROLE_PATTERNS: dict[str, str] = {
+    "mlp_out": r"(^|\.)mlp\.(dense_4h_to_h|linear2|linear_fc2|c_proj|down_proj|fc2)$",
+    "mlp_in": r"(^|\.)mlp\.(dense_h_to_4h|linear1|linear_fc1|c_fc|up_proj|fc1)$",
+    "attn_out": r"(^|\.)(attention|self_attention|attn)\.(dense|linear_proj|c_proj|o_proj)$",
+    "attn_qkv": r"(^|\.)(attention|self_attention|attn)\.(query_key_value|linear_qkv|c_attn)$",
+}
+
+
+def compile_module_pattern(module: str) -> re.Pattern:
+    """The regex a ``ParamSelector.module`` value stands for (a role alias or a regex)."""
+    return re.compile(ROLE_PATTERNS.get(module, module))
+
+
 @dataclass(frozen=True)
 class ParamSelector:
     """Selects weight tensors by module role and layer position, never by full parameter name.
@@ -101,6 +100,30 @@ class ParamSelector:
     )
     param: str = _f("weight", doc="Parameter name inside the module (`weight` or `bias`).")
 
+    def _check(self, path: str) -> None:
+        """Cross-field checks (called by the typed-YAML engine after the fields)."""
+        if isinstance(self.layers, str) and self.layers not in _LAYER_WORDS:
+            parts = self.layers.split(":")
+            try:
+                if len(parts) not in (2, 3):
+                    raise ValueError
+                ints = [int(p) if p.strip() else None for p in parts]
+            except ValueError:
+                raise ConfigError(
+                    f"{path}.layers: {self.layers!r} is not a list of ints, a slice like '::2', "
+                    f"'all' or 'first_and_even'"
+                ) from None
+            if len(ints) == 3 and ints[2] == 0:
+                raise ConfigError(f"{path}.layers: slice step must not be zero, got {self.layers!r}")
+        if isinstance(self.layers, tuple) and not self.layers:
+            raise ConfigError(f"{path}.layers: must select at least one layer")
+        if not self.module.strip():
+            raise ConfigError(f"{path}.module: an empty pattern matches every module; give a role "
+                              f"alias (mlp_out, mlp_in, attn_out, attn_qkv) or a regex")
+        try:
+            compile_module_pattern(self.module)
+        except Exception as e:  # re.error
+            raise ConfigError(f"{path}.module: invalid regular expression {self.module!r}: {e}") from None
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -127,6 +150,11 @@ class SamplingConfig:
         1.0, doc="With `initial_weights: tokens`, weights are proportional to tokens^(1/temperature) "
         "(temperature sampling; 1 = natural mix, large = uniform).", rng=(0.0, None, False, None))
 
+    def _check(self, path: str) -> None:
+        """Cross-field checks (called by the typed-YAML engine after the fields)."""
+        if self.min_weight >= self.max_weight:
+            raise ConfigError(f"{path}.min_weight: must be below max_weight ({self.max_weight}), "
+                              f"got {self.min_weight}")
 
 @dataclass(frozen=True)
 class ODMConfig:
@@ -168,7 +196,8 @@ class RewardConfig:
         "[K, sketch_dim] (unbiased inner products, O(P) per micro-batch, all-reducible)."
     )
     sketch_dim: int = _f(16384, doc="Count-sketch width k (a multiple of 8).", rng=(8, None, True, None))
-    sketch_seed: int = _f(0, doc="Seed of the count-sketch hashes (identical on every rank).")
+    sketch_seed: int = _f(0, doc="Seed of the count-sketch hashes (identical on every rank).",
+                          rng=(0, 2**32 - 1, True, True))
     ema: float = _f(0.9, doc="xi, the EMA factor of the paper's reward (not given by the paper).",
                     rng=(0.0, 1.0, True, False))
     importance_correction: bool = _f(True, doc="Divide the alignment by the domain's sampling "
@@ -183,6 +212,10 @@ class RewardConfig:
         "auto", doc="Kernel backend for accumulation/Gram (`NEOX_ACODM_OPS` overrides)."
     )
 
+    def _check(self, path: str) -> None:
+        """Cross-field checks (called by the typed-YAML engine after the fields)."""
+        if self.sketch_dim % 8:
+            raise ConfigError(f"{path}.sketch_dim: must be a multiple of 8, got {self.sketch_dim}")
 
 @dataclass(frozen=True)
 class StateConfig:
@@ -258,6 +291,13 @@ class AgentConfig:
         "weight", doc="Exploration noise: additive in weight units (paper) or multiplicative, "
         "a * exp(std * N(0, 1)) renormalised (never pushes mass onto tiny domains).")
 
+    def _check(self, path: str) -> None:
+        """Cross-field checks (called by the typed-YAML engine after the fields)."""
+        if self.batch_size > self.buffer_size:
+            raise ConfigError(f"{path}.batch_size: {self.batch_size} > buffer_size {self.buffer_size}: "
+                              f"the replay buffer never holds a batch, so the agent never updates")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"{path}.device: got {self.device!r} (allowed: auto, cpu, cuda, cuda:N)")
 
 @dataclass(frozen=True)
 class GramMixerConfig:
@@ -280,6 +320,10 @@ class ProxyConfig:
     )
     policy_path: str | None = _f(None, doc="Policy file written (source) or read (target).")
 
+    def _check(self, path: str) -> None:
+        """Cross-field checks (called by the typed-YAML engine after the fields)."""
+        if self.role != "none" and not self.policy_path:
+            raise ConfigError(f"{path}.policy_path: required when proxy.role is {self.role!r}")
 
 @dataclass(frozen=True)
 class ACODMConfig:
@@ -293,7 +337,8 @@ class ACODMConfig:
     mixer: Literal["static", "odm", "acodm", "gram_softmax"] = _f(
         "acodm", doc="Mixing method. `gram_softmax`: the same-signal closed form (R&B-style, "
         "arXiv 2505.00358): w = prior * exp(eta z(rhat)) from the `aligned` Gram estimate, no RL.")
-    seed: int = _f(1234, doc="Seed of the step plan, cursors, exploration and agent init.")
+    seed: int = _f(1234, doc="Seed of the step plan, cursors, exploration and agent init.",
+                   rng=(0, 2**32 - 1, True, True))
     total_steps: int | None = _f(
         None, doc="T, for the progress feature and LR schedules; NeoX/Megatron fill it from "
         "`train_iters` when absent.", rng=(1, None, True, None)
@@ -309,7 +354,48 @@ class ACODMConfig:
     state: StateConfig = _f(factory=StateConfig, doc="See `acodm.state.*`.")
     proxy: ProxyConfig = _f(factory=ProxyConfig, doc="See `acodm.proxy.*`.")
     gram: GramMixerConfig = _f(factory=lambda: GramMixerConfig(), doc="See `acodm.gram.*`.")
+    collective_timeout_s: float = _f(
+        600.0, doc="Seconds any collective of the plugin may wait before it raises an error naming "
+        "itself (a failed or missing rank then stops the job instead of hanging it; gloo and CPU "
+        "side; NCCL work also obeys the process group's own timeout).", rng=(0.0, None, False, None))
     log_interval: int = _f(1, doc="Steps between `acodm/*` metric logs.", rng=(1, None, True, None))
+
+    def _check(self, path: str) -> None:
+        """Cross-field checks (called by the typed-YAML engine after the fields)."""
+        if not self.domains:
+            raise ConfigError(f"{path}.domains: at least one domain is required")
+        seen: set[str] = set()
+        for i, d in enumerate(self.domains):
+            if not d.name:
+                raise ConfigError(f"{path}.domains[{i}].name: must be a non-empty string")
+            if d.name in seen:
+                raise ConfigError(f"{path}.domains[{i}].name: duplicate domain name {d.name!r}")
+            seen.add(d.name)
+        k = len(self.domains)
+        given = [d.weight for d in self.domains if d.weight is not None]
+        if given and not math.isfinite(sum(given)):
+            raise ConfigError(f"{path}.domains: the weights sum to infinity; use smaller numbers "
+                              f"(any positive scale works, they are normalised)")
+        if self.initial_weights == "config" and any(d.weight is None for d in self.domains):
+            missing = [d.name for d in self.domains if d.weight is None]
+            raise ConfigError(f"{path}.initial_weights: 'config' needs a weight on every domain; "
+                              f"missing for {missing}")
+        if self.sampling.min_weight * k > 1.0:
+            raise ConfigError(f"{path}.sampling.min_weight: {self.sampling.min_weight} x {k} "
+                              f"domains exceeds 1")
+        if self.sampling.max_weight * k < 1.0:
+            raise ConfigError(f"{path}.sampling.max_weight: {self.sampling.max_weight} x {k} "
+                              f"domains is below 1; raise it to at least {1.0 / k:.4g}")
+        if self.agent.objective == "decomposed" and self.reward.mode == "reference":
+            raise ConfigError(f"{path}.agent.objective: 'decomposed' needs a scalar reward "
+                              f"(reward.mode 'paper' or 'aligned'), got reward.mode 'reference'")
+        if self.state.include_reward and self.proxy.role != "none":
+            raise ConfigError(f"{path}.state.include_reward: a proxy target computes no rewards, so "
+                              f"the transferred actor would see zeros where it was trained on "
+                              f"estimates; set it false for proxy runs")
+        if self.proxy.role != "none" and self.mixer != "acodm":
+            raise ConfigError(f"{path}.proxy.role: proxy mode needs mixer 'acodm', got "
+                              f"{self.mixer!r}")
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -333,199 +419,7 @@ class ACODMConfig:
         return _to_plain(self)
 
 
-# --------------------------------------------------------------------------------------------
-# Parsing
-# --------------------------------------------------------------------------------------------
-
-
-def _to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [_to_plain(x) for x in obj]
-    return obj
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is tuple:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return "mapping"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _check_range(value: float, rng: tuple, path: str) -> None:
-    lo, hi, lo_inc, hi_inc = rng
-    ok = True
-    if lo is not None:
-        ok &= value >= lo if lo_inc else value > lo
-    if hi is not None:
-        ok &= value <= hi if hi_inc else value < hi
-    if not ok:
-        left = ("[" if lo_inc else "(") + ("-inf" if lo is None else f"{lo:g}")
-        right = ("inf" if hi is None else f"{hi:g}") + ("]" if hi_inc else ")")
-        raise ConfigError(f"{path}: must be in {left}, {right}, got {value!r}")
-
-
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"{path}: got {value!r}{hint} (allowed: {', '.join(map(str, allowed))})"
-            )
-        return value
-    if origin in (Union, types.UnionType):
-        errors = []
-        for arg in typing.get_args(tp):
-            if arg is type(None):
-                if value is None:
-                    return None
-                continue
-            try:
-                return _convert(arg, value, path)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-    if origin is tuple:
-        (item_tp, _ellipsis) = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
-        return tuple(_convert(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{path}: must be finite, got {value!r}")
-        return float(value)
-    if tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp!r} at {path}")  # programming error
-
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__} {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(
-                f"{path}.{key}: unknown key; {hint}(valid: {', '.join(sorted(fields))})"
-            )
-    kwargs = {}
-    for name, f in fields.items():
-        sub = f"{path}.{name}"
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{sub}: required key is missing")
-            continue
-        value = _convert(hints[name], data[name], sub)
-        rng = f.metadata.get("range")
-        if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-            _check_range(value, rng, sub)
-        kwargs[name] = value
-    obj = cls(**kwargs)
-    _validate(obj, path)
-    return obj
-
-
 _LAYER_WORDS = ("all", "first_and_even")
-
-
-def _validate(obj: Any, path: str) -> None:
-    """Cross-field checks that a single field's type and range cannot express."""
-    if isinstance(obj, ParamSelector):
-        if isinstance(obj.layers, str) and obj.layers not in _LAYER_WORDS:
-            parts = obj.layers.split(":")
-            try:
-                if len(parts) not in (2, 3):
-                    raise ValueError
-                [int(p) for p in parts if p.strip()]
-            except ValueError:
-                raise ConfigError(
-                    f"{path}.layers: {obj.layers!r} is not a list of ints, a slice like '::2', "
-                    f"'all' or 'first_and_even'"
-                ) from None
-        if isinstance(obj.layers, tuple) and not obj.layers:
-            raise ConfigError(f"{path}.layers: must select at least one layer")
-        from .selectors import compile_module_pattern  # local: avoids an import cycle
-
-        try:
-            compile_module_pattern(obj.module)
-        except Exception as e:  # re.error
-            raise ConfigError(f"{path}.module: invalid regular expression {obj.module!r}: {e}") from None
-    elif isinstance(obj, SamplingConfig):
-        if obj.min_weight >= obj.max_weight:
-            raise ConfigError(f"{path}.min_weight: must be below max_weight ({obj.max_weight}), "
-                              f"got {obj.min_weight}")
-    elif isinstance(obj, RewardConfig):
-        if obj.sketch_dim % 8:
-            raise ConfigError(f"{path}.sketch_dim: must be a multiple of 8, got {obj.sketch_dim}")
-    elif isinstance(obj, ProxyConfig):
-        if obj.role != "none" and not obj.policy_path:
-            raise ConfigError(f"{path}.policy_path: required when proxy.role is {obj.role!r}")
-    elif isinstance(obj, ACODMConfig):
-        if not obj.domains:
-            raise ConfigError(f"{path}.domains: at least one domain is required")
-        seen: set[str] = set()
-        for i, d in enumerate(obj.domains):
-            if not d.name:
-                raise ConfigError(f"{path}.domains[{i}].name: must be a non-empty string")
-            if d.name in seen:
-                raise ConfigError(f"{path}.domains[{i}].name: duplicate domain name {d.name!r}")
-            seen.add(d.name)
-        k = len(obj.domains)
-        if obj.initial_weights == "config" and any(d.weight is None for d in obj.domains):
-            missing = [d.name for d in obj.domains if d.weight is None]
-            raise ConfigError(f"{path}.initial_weights: 'config' needs a weight on every domain; "
-                              f"missing for {missing}")
-        if obj.sampling.min_weight * k > 1.0:
-            raise ConfigError(f"{path}.sampling.min_weight: {obj.sampling.min_weight} x {k} "
-                              f"domains exceeds 1")
-        if obj.sampling.max_weight * k < 1.0:
-            raise ConfigError(f"{path}.sampling.max_weight: {obj.sampling.max_weight} x {k} "
-                              f"domains is below 1; raise it to at least {1.0 / k:.4g}")
-        if obj.agent.objective == "decomposed" and obj.reward.mode == "reference":
-            raise ConfigError(f"{path}.agent.objective: 'decomposed' needs a scalar reward "
-                              f"(reward.mode 'paper' or 'aligned'), got reward.mode 'reference'")
-        if obj.state.include_reward and obj.proxy.role != "none":
-            raise ConfigError(f"{path}.state.include_reward: a proxy target computes no rewards, so "
-                              f"the transferred actor would see zeros where it was trained on "
-                              f"estimates; set it false for proxy runs")
-        if obj.proxy.role != "none" and obj.mixer != "acodm":
-            raise ConfigError(f"{path}.proxy.role: proxy mode needs mixer 'acodm', got "
-                              f"{obj.mixer!r}")
 
 
 #: named defaults applied under the user's keys (``acodm.preset``); ``paper`` = field defaults
@@ -571,55 +465,37 @@ def parse_config(block: Any, path: str = "acodm") -> ACODMConfig:
 
 def load_config(file: str | Path) -> ACODMConfig:
     """Load a YAML file that either *is* an ``acodm`` block or contains one at top level
-    (a NeoX YAML with an ``acodm:`` key)."""
+    (a NeoX YAML with an ``acodm:`` key). Every failure is a one-line :class:`ConfigError`."""
     file = Path(file)
     try:
-        text = file.read_text()
+        raw = file.read_bytes()
     except OSError as e:
-        raise ConfigError(f"{file}: cannot read config file ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{file}: invalid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{file}: cannot read config file ({e.strerror or e})") from None
+    data = load_yaml(raw, str(file))
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: expected a mapping at top level")
-    if "acodm" in data:
-        return parse_config(data["acodm"])
-    if "domains" in data:
-        return parse_config(data)
+    try:
+        if "acodm" in data:
+            return parse_config(data["acodm"])
+        if "domains" in data:
+            return parse_config(data)
+    except RecursionError:
+        raise ConfigError(f"{file}: the acodm block nests too deeply") from None
+    keys = [str(k) for k in data]
+    close = difflib.get_close_matches("domains", keys, n=1, cutoff=0.7)
+    if close:
+        raise ConfigError(f"acodm.domains: required key is missing; did you mean {close[0]!r}? ({file})")
+    looks_bare = {"mixer", "agent", "reward", "sampling", "seed"} & set(keys)
+    if looks_bare:
+        raise ConfigError(f"acodm.domains: required key is missing ({file} looks like a bare acodm "
+                          f"block: it has {sorted(looks_bare)})")
+    close = difflib.get_close_matches("acodm", keys, n=1, cutoff=0.6)
+    if close:
+        raise ConfigError(f"{file}: no 'acodm:' block found; did you mean {close[0]!r}?")
     raise ConfigError(f"{file}: no 'acodm:' block found (add `acodm:` with at least `domains:`)")
 
 
 def config_reference() -> str:
     """Markdown table of every key, its type, default and meaning (for the README)."""
-    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-
-    def walk(cls: type, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            tp = hints[f.name]
-            key = f"{prefix}.{f.name}"
-            if dataclasses.is_dataclass(tp):
-                walk(tp, key)
-                continue
-            if typing.get_origin(tp) is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
-                rows.append(f"| `{key}` | list | (required) | {f.metadata.get('doc', '')} |")
-                walk(typing.get_args(tp)[0], key + "[]")
-                continue
-            if f.default is not dataclasses.MISSING:
-                default = f"`{_to_plain(f.default)!r}`" if f.default is not None else "`null`"
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f"`{_to_plain(f.default_factory())!r}`"
-            else:
-                default = "(required)"
-            rng = f.metadata.get("range")
-            extra = ""
-            if rng:
-                lo, hi, li, hi_inc = rng
-                extra = f" Range {'[' if li else '('}{'-inf' if lo is None else lo}, " \
-                        f"{'inf' if hi is None else hi}{']' if hi_inc else ')'}."
-            doc = f.metadata.get("doc", "").replace("|", "\\|")
-            rows.append(f"| `{key}` | {_type_name(tp).replace('|', '/')} | {default} | {doc}{extra} |")
-
-    walk(ACODMConfig, "acodm")
-    return "\n".join(rows)
+    return "\n".join(["| key | type | default | meaning |", "|---|---|---|---|"]
+                      + reference_rows(ACODMConfig, "acodm"))

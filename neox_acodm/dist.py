@@ -1,11 +1,72 @@
 """Every collective the plugin issues. Every rank of a group must call each function (a
-rank-0-only branch around one of these hangs the job)."""
+rank-0-only branch around one of these hangs the job).
+
+Collectives take ``timeout`` (seconds, None = the process group's own) and a ``what`` label:
+a collective that does not complete in time raises :class:`CollectiveTimeout` naming it, so a
+rank that died or skipped a call fails the job instead of leaving the others waiting forever.
+:func:`agree` turns a failure on *any* rank into the same error on every rank.
+"""
 
 from __future__ import annotations
+
+import datetime
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+
+class CollectiveTimeout(RuntimeError):
+    """A plugin collective did not complete within ``acodm.collective_timeout_s``."""
+
+
+class RemoteFailure(RuntimeError):
+    """Another rank failed inside a plugin operation; the message is that rank's error."""
+
+
+def _wait(work, timeout: float | None, what: str) -> None:
+    if timeout is None:
+        work.wait()
+        return
+    try:
+        ok = work.wait(timeout=datetime.timedelta(seconds=timeout))
+    except RuntimeError as e:
+        raise CollectiveTimeout(f"acodm: {what} did not complete within {timeout:g} s "
+                                f"(acodm.collective_timeout_s): another rank failed or never "
+                                f"reached it ({str(e).splitlines()[0]})") from None
+    if ok is False:
+        raise CollectiveTimeout(f"acodm: {what} did not complete within {timeout:g} s "
+                                f"(acodm.collective_timeout_s)")
+
+
+def _all_reduce(t: torch.Tensor, group, timeout: float | None, what: str, op=dist.ReduceOp.SUM) -> None:
+    _wait(dist.all_reduce(t, op=op, group=group, async_op=True), timeout, what)
+
+
+def agree(error: BaseException | None, group=None, timeout: float | None = None,
+          what: str = "acodm operation", device: torch.device | str = "cpu") -> None:
+    """Collective: raise on every rank of ``group`` if ``error`` is set on any rank.
+
+    The failing rank re-raises its own exception; the others raise :class:`RemoteFailure`
+    carrying the lowest failing rank's message. Not distributed: re-raises ``error``.
+    """
+    if not is_distributed(group):
+        if error is not None:
+            raise error
+        return
+    me = group_rank(group)
+    flag = torch.tensor([me + 1 if error is not None else 0], dtype=torch.int64, device=device)
+    _all_reduce(flag, group, timeout, f"{what} (status exchange)", op=dist.ReduceOp.MAX)
+    if int(flag.item()) == 0:
+        return
+    # the highest failing rank's message reaches everyone (every rank is alive: it got here)
+    src_rank = int(flag.item()) - 1
+    box = [f"{type(error).__name__}: {error}" if error is not None and me == src_rank else None]
+    src = dist.get_global_rank(group, src_rank) if group is not None else src_rank
+    dist.broadcast_object_list(box, src=src, group=group)
+    if error is not None:
+        raise error
+    raise RemoteFailure(f"acodm: {what} failed on rank {src} of the group: {box[0]}")
 
 
 def is_distributed(group=None) -> bool:
@@ -17,24 +78,36 @@ def group_rank(group=None) -> int:
 
 
 def broadcast_weights(weights: np.ndarray | None, num_domains: int, group=None,
-                      device: torch.device | str = "cpu") -> np.ndarray:
+                      device: torch.device | str = "cpu", timeout: float | None = None,
+                      what: str = "weight broadcast", failed: bool = False) -> np.ndarray:
     """Broadcast the owner's (group rank 0) [K] weights; returns identical float64 on all ranks.
 
     Non-owners pass ``None``. float64 travels bit-exactly, so every rank plans the same data.
+    ``failed`` (owner only): the owner's update raised; every rank raises :class:`RemoteFailure`
+    (one extra slot carries the flag, so a failure never leaves the others waiting).
     """
-    buf = torch.zeros(num_domains, dtype=torch.float64, device=device)
-    if group_rank(group) == 0:
-        buf.copy_(torch.as_tensor(np.asarray(weights, dtype=np.float64)))
+    buf = torch.zeros(num_domains + 1, dtype=torch.float64, device=device)
+    owner = group_rank(group) == 0
+    if owner:
+        if failed:
+            buf[-1] = 1.0
+        else:
+            buf[:-1].copy_(torch.as_tensor(np.asarray(weights, dtype=np.float64)))
     if is_distributed(group):
         src = dist.get_global_rank(group, 0) if group is not None else 0
-        dist.broadcast(buf, src=src, group=group)
-    return buf.cpu().numpy()
+        _wait(dist.broadcast(buf, src=src, group=group, async_op=True), timeout, what)
+    out = buf.cpu().numpy()
+    if out[-1] != 0 and not owner:
+        raise RemoteFailure(f"acodm: {what}: the owner rank failed to update the mixer (its log "
+                            f"has the error); stopping every rank")
+    return out[:-1]
 
 
-def all_reduce_sum(t: torch.Tensor, group=None) -> torch.Tensor:
+def all_reduce_sum(t: torch.Tensor, group=None, timeout: float | None = None,
+                   what: str = "all-reduce") -> torch.Tensor:
     """In-place SUM over ``group`` (no-op when not distributed)."""
     if is_distributed(group):
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+        _all_reduce(t, group, timeout, what)
     return t
 
 
@@ -43,12 +116,25 @@ def group_size(group) -> int:
     return dist.get_world_size(group) if group is not None and dist.is_available() and dist.is_initialized() else 1
 
 
-def sum_over(t: torch.Tensor, group) -> torch.Tensor:
+def sum_over(t: torch.Tensor, group, timeout: float | None = None, what: str = "all-reduce") -> torch.Tensor:
     """In-place SUM over ``group``; a no-op when ``group`` is None (unlike :func:`all_reduce_sum`,
     where None means the world): for optional tensor/pipeline-parallel groups."""
     if group_size(group) > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+        _all_reduce(t, group, timeout, what)
     return t
+
+
+def broadcast_object(obj, group=None, timeout: float | None = None, what: str = "broadcast"):
+    """The owner's (group rank 0) picklable ``obj`` on every rank (preceded by a timed barrier
+    so a missing owner cannot hang the others)."""
+    if not is_distributed(group):
+        return obj
+    ping = torch.zeros(1)
+    _all_reduce(ping, group, timeout, what)
+    box = [obj if group_rank(group) == 0 else None]
+    src = dist.get_global_rank(group, 0) if group is not None else 0
+    dist.broadcast_object_list(box, src=src, group=group)
+    return box[0]
 
 
 def all_stage_keys(local_keys: list[int], pipe_group) -> list[int]:

@@ -40,6 +40,9 @@ def normalize_weights(weights, min_weight: float = 0.0, max_weight: float = 1.0)
     if np.any(w < 0):
         raise ValueError(f"weights must be non-negative, got {w}")
     s = w.sum()
+    if not np.isfinite(s):  # finite entries whose sum overflows: rescale first
+        w = w / w.max()
+        s = w.sum()
     if s <= 0:
         raise ValueError("weights sum to zero")
     w = w / s

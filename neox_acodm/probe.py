@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.distributed as dist
 
+from .dist import all_reduce_sum
 from .ops import Ops
 from .selectors import SelectedParam
 
@@ -97,14 +97,13 @@ class GradientProbe:
         self._scale = float(grad_scale)
 
     # -- step boundary ----------------------------------------------------------------------
-    def reduce_gram(self, counts: torch.Tensor, group=None) -> torch.Tensor:
+    def reduce_gram(self, counts: torch.Tensor, group=None, timeout: float | None = None) -> torch.Tensor:
         """All-reduce the buffer over the data-parallel ``group``, divide row i by the global
         micro-batch count ``counts[i]`` and return the [K, K] float32 Gram of the mean
         gradients of *this rank's* selected tensors (a partial Gram under TP/PP). Resets for
         the next step. Every rank of ``group`` must call it."""
         with torch.profiler.record_function("acodm/reduce"):
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
-                dist.all_reduce(self.buffer, group=group)
+            all_reduce_sum(self.buffer, group, timeout, "per-domain gradient all-reduce")
         with torch.profiler.record_function("acodm/gram"):
             gram = self.ops.gram(self.buffer)
         inv = torch.where(counts > 0, 1.0 / counts.to(torch.float64).clamp_min(1), 0.0).to(gram.device)
@@ -129,6 +128,14 @@ class GradientProbe:
     def state_dict(self) -> dict:
         """The lagged buffer (empty unless ``lagged``): resume must see the same g(t-1)."""
         return {"prev_mean": None if self._prev_mean is None else self._prev_mean.cpu()}
+
+    def check_state(self, state, path: str) -> None:
+        from .checkpoint import CheckpointError
+
+        prev = state.get("prev_mean") if isinstance(state, dict) else None
+        if prev is not None and (not isinstance(prev, torch.Tensor) or prev.shape != self.buffer.shape):
+            raise CheckpointError(f"{path}: saved lagged gradients have shape {getattr(prev, 'shape', prev)}, "
+                                  f"this run captures {tuple(self.buffer.shape)} (acodm.reward changed?)")
 
     def load_state_dict(self, state: dict) -> None:
         prev = state.get("prev_mean")

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import checkpoint
+from . import persist
 from .config import ACODMConfig, ConfigError
-from .dist import all_reduce_sum, all_stage_keys, broadcast_weights, group_rank, group_size, is_distributed, sum_over
+from .dist import all_reduce_sum, all_stage_keys, broadcast_weights, group_rank, group_size, sum_over
 from .mixers import Mixer, StepStats, build_mixer
 from .ops import get_ops
 from .plan import DomainCursors, StepPlan, build_step_plan, normalize_weights
@@ -77,6 +77,14 @@ class MixingRuntime:
         self.group, self.dp_group, self.partial_sum_group = group, dp_group, partial_sum_group
         self.pipe_group = pipe_group
         self.comm_device = torch.device(comm_device)
+        self.timeout = cfg.collective_timeout_s
+        learner = cfg.mixer == "acodm" and cfg.proxy.role != "target"
+        if learner and cfg.agent.warmup_steps >= self.total_steps:
+            logger.warning("acodm.agent.warmup_steps=%d >= the run's %d steps: the actor never "
+                           "chooses the weights in this run", cfg.agent.warmup_steps, self.total_steps)
+        if cfg.mixer == "odm" and cfg.odm.warmup_steps >= self.total_steps:
+            logger.warning("acodm.odm.warmup_steps=%d >= the run's %d steps: ODM never moves the "
+                           "weights in this run", cfg.odm.warmup_steps, self.total_steps)
         self.is_owner = group_rank(group) == 0
         init = resolve_initial_weights(cfg, token_counts)
         self.initial_weights = normalize_weights(init, cfg.sampling.min_weight, cfg.sampling.max_weight)
@@ -182,39 +190,52 @@ class MixingRuntime:
         self._loss_cnt[domain] += 1
 
     # -- step boundary ----------------------------------------------------------------------
-    def end_step(self) -> dict[str, float]:
+    def end_step(self, skipped: bool = False) -> dict[str, float]:
         """Reduce the step's statistics, update the mixer on the owner, broadcast the next
-        weights. Collective: every rank of ``group``/``dp_group`` must call it."""
+        weights. Collective: every rank of ``group``/``dp_group`` must call it.
+
+        ``skipped``: the framework did not apply this step (fp16 loss-scale overflow); no mixer
+        learns from it and the weights stay, whatever the mixer."""
         plan = self.plan()
-        stats_t = all_reduce_sum(torch.stack([self._loss_sum, self._loss_cnt]), self.dp_group)
-        stats_t = sum_over(stats_t, self.pipe_group).cpu()  # losses live on the last stage
+        to = self.timeout
+        what = f"step {self.step} loss all-reduce"
+        stats_t = all_reduce_sum(torch.stack([self._loss_sum, self._loss_cnt]), self.dp_group, to, what)
+        stats_t = sum_over(stats_t, self.pipe_group, to, what).cpu()  # losses live on the last stage
         cnt = stats_t[1].double()
         loss = torch.where(cnt > 0, stats_t[0].double() / cnt.clamp_min(1), float("nan")).numpy()
         gram = lagged = None
         if self.cfg.needs_rewards:
             t0 = time.perf_counter()
             if self.probe is not None:
-                gram = self.probe.reduce_gram(torch.as_tensor(plan.counts), self.dp_group)
+                gram = self.probe.reduce_gram(torch.as_tensor(plan.counts), self.dp_group, to)
                 lagged = None if self.probe.lagged_gram is None else self.probe.lagged_gram.cpu()
                 self.timings["capture"] = self.probe.capture_seconds
             else:
                 gram = torch.zeros(self.k, self.k)
             if group_size(self.partial_sum_group) > 1 or group_size(self.pipe_group) > 1:
                 gram = gram.to(self.comm_device)
-                gram = sum_over(sum_over(gram, self.partial_sum_group), self.pipe_group).cpu()
+                what = f"step {self.step} Gram all-reduce"
+                gram = sum_over(sum_over(gram, self.partial_sum_group, to, what), self.pipe_group, to, what).cpu()
             self.timings["reduce_gram"] += time.perf_counter() - t0
         norms = upd = None
         if self.norms is not None:  # collective under TP/PP: every rank measures
             norms, upd = self.norms.measure(
-                lambda t: sum_over(sum_over(t.to(self.comm_device), self.partial_sum_group),
-                                    self.pipe_group).cpu())
-        new = None
+                lambda t: sum_over(sum_over(t.to(self.comm_device), self.partial_sum_group, to, "norm all-reduce"),
+                                    self.pipe_group, to, "norm all-reduce").cpu())
+        new, error = None, None
         metrics: dict[str, float] = {}
         if self.is_owner:
             t0 = time.perf_counter()
-            new, metrics = self._owner_update(plan, loss, gram, norms, upd, lagged)
+            try:
+                new, metrics = self._owner_update(plan, loss, gram, norms, upd, lagged, skipped)
+            except Exception as e:  # noqa: BLE001 - re-raised below, after telling every rank
+                logger.error("acodm: the mixer update failed at step %d: %s: %s", self.step, type(e).__name__, e)
+                error = e
             self.timings["mixer"] += time.perf_counter() - t0
-        self.weights = broadcast_weights(new, self.k, self.group, self.comm_device)
+        self.weights = broadcast_weights(new, self.k, self.group, self.comm_device, to,
+                                         f"step {self.step} weight broadcast", failed=error is not None)
+        if error is not None:
+            raise error
         self.step += 1
         self._plan, self._starts = None, None
         self._loss_sum.zero_()
@@ -222,10 +243,16 @@ class MixingRuntime:
         return metrics
 
     def _owner_update(self, plan: StepPlan, loss: np.ndarray, gram, norms, upd,
-                      lagged=None) -> tuple[np.ndarray, dict]:
+                      lagged=None, skipped: bool = False) -> tuple[np.ndarray, dict]:
         stats = StepStats(step=self.step, weights=self.weights.copy(), probs=plan.probs,
                           counts=plan.counts, loss=loss, gram=gram, norms=norms, update_norms=upd,
                           inclusion=plan.inclusion, lagged_gram=lagged)
+        if skipped:
+            self.skipped_steps += 1
+            self.mixer.skip(stats)
+            logger.warning("acodm: step %d was not applied by the optimizer (loss-scale overflow); "
+                           "the mixer is not updated and the weights are kept", self.step)
+            return self.weights, {"skipped": 1.0}
         if not stats.is_finite():
             self.skipped_steps += 1
             self.mixer.skip(stats)
@@ -251,76 +278,19 @@ class MixingRuntime:
         metrics["reward_path_seconds"] = sum(self.timings.values())
         return new, metrics
 
-    # -- persistence ------------------------------------------------------------------------
+    # -- persistence (see persist.py: collective, verified, transactional) -------------------
     def state_dict(self) -> dict:
         """Full state (mixer part only on the owner). Call between steps."""
-        if self._plan is not None:
-            raise RuntimeError("acodm state saved in the middle of a step; save after end_step()")
-        return {
-            "version": checkpoint.SCHEMA_VERSION, "mixer_kind": self.cfg.mixer,
-            "domains": list(self.cfg.domain_names), "step": self.step,
-            "weights": torch.as_tensor(self.weights), "skipped_steps": self.skipped_steps,
-            "cursors": self.cursors.state_dict() if self.cursors is not None else None,
-            "mixer": self.mixer.state_dict() if self.mixer is not None else None,
-            "norms": self.norms.state_dict() if self.norms is not None else None,
-            "probe": self.probe.state_dict() if self.probe is not None and self.probe.lagged else None,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != checkpoint.SCHEMA_VERSION:
-            raise ValueError(f"acodm state has schema version {state.get('version')}, this "
-                             f"neox_acodm reads {checkpoint.SCHEMA_VERSION}")
-        if list(state["domains"]) != list(self.cfg.domain_names):
-            raise ValueError(f"acodm checkpoint domains {state['domains']} differ from the "
-                             f"config's acodm.domains {list(self.cfg.domain_names)}; resume with "
-                             f"the same domains in the same order")
-        if state["mixer_kind"] != self.cfg.mixer:
-            raise ValueError(f"acodm checkpoint was written by mixer {state['mixer_kind']!r}, "
-                             f"the config says acodm.mixer={self.cfg.mixer!r}")
-        self.step = int(state["step"])
-        self.weights = state["weights"].double().numpy().copy()
-        self.skipped_steps = int(state["skipped_steps"])
-        if self.cursors is not None and state["cursors"] is not None:
-            self.cursors.load_state_dict(state["cursors"])
-        if self.mixer is not None and state["mixer"] is not None:
-            self.mixer.load_state_dict(state["mixer"])
-        if self.norms is not None and state["norms"] is not None:
-            self.norms.load_state_dict(state["norms"])
-        if self.probe is not None and self.probe.lagged and state.get("probe") is not None:
-            self.probe.load_state_dict(state["probe"])
-        self._plan, self._starts = None, None
+        return persist.state_dict(self)
 
     def save(self, path: str) -> None:
-        """Owner writes ``path`` atomically (others write nothing; state is global)."""
-        if self.is_owner:
-            checkpoint.atomic_save(self.state_dict(), path)
-            self.export_policy()
+        """Owner writes ``path`` atomically; collective: a failure raises on every rank."""
+        persist.save(self, path)
 
     def load(self, path: str) -> None:
-        """Owner reads ``path``; the global part (step, weights, cursors) is broadcast, so
-        other ranks need not see the file. Collective over ``group``: if the owner cannot read
-        the file, every rank raises (the owner re-raises, the others get its message) instead of
-        the others waiting in the broadcast."""
-        state, error = None, None
-        if self.is_owner:
-            try:
-                state = checkpoint.load(path)
-            except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
-                error = e
-        if is_distributed(self.group):
-            box = [None if state is None else {k: v for k, v in state.items()
-                                               if k not in ("mixer", "norms", "probe")}]
-            if error is not None:
-                box = [{"__error__": f"{type(error).__name__}: {error}"}]
-            src = dist.get_global_rank(self.group, 0) if self.group is not None else 0
-            dist.broadcast_object_list(box, src=src, group=self.group)
-            if error is None and "__error__" in box[0]:
-                raise RuntimeError(f"acodm: the owner rank could not load {path}: {box[0]['__error__']}")
-            if state is None and error is None:
-                state = dict(box[0], mixer=None, norms=None, probe=None)
-        if error is not None:
-            raise error
-        self.load_state_dict(state)
+        """Collective: the owner reads and validates ``path``; nothing changes on any rank
+        unless every rank could stage the state, and every rank raises the same error."""
+        persist.load(self, path)
 
     def export_policy(self) -> None:
         """Proxy source: write the actor to ``acodm.proxy.policy_path`` (owner only)."""

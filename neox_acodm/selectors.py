@@ -8,25 +8,11 @@ numeric component of their qualified name, then picked by position. No parameter
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 
-from .config import ConfigError, ParamSelector
-
-# Role aliases cover the MLP/attention projection names of the frameworks we support.
-ROLE_PATTERNS: dict[str, str] = {
-    "mlp_out": r"(^|\.)mlp\.(dense_4h_to_h|linear2|linear_fc2|c_proj|down_proj|fc2)$",
-    "mlp_in": r"(^|\.)mlp\.(dense_h_to_4h|linear1|linear_fc1|c_fc|up_proj|fc1)$",
-    "attn_out": r"(^|\.)(attention|self_attention|attn)\.(dense|linear_proj|c_proj|o_proj)$",
-    "attn_qkv": r"(^|\.)(attention|self_attention|attn)\.(query_key_value|linear_qkv|c_attn)$",
-}
-
-
-def compile_module_pattern(module: str) -> re.Pattern:
-    return re.compile(ROLE_PATTERNS.get(module, module))
-
+from .config import ROLE_PATTERNS, ConfigError, ParamSelector, compile_module_pattern
 
 @dataclass(frozen=True)
 class SelectedParam:
@@ -56,8 +42,17 @@ def _pick(n: int, layers: tuple[int, ...] | str) -> list[int]:
     for i in layers:
         if not -n <= i < n:
             raise ConfigError(f"layers: index {i} is out of range for {n} matching layers")
+        if i % n in out:
+            raise ConfigError(f"layers: {list(layers)} selects layer {i % n} of {n} twice")
         out.append(i % n)
     return out
+
+
+def _checked_pick(n: int, layers: tuple[int, ...] | str) -> list[int]:
+    idx = _pick(n, layers)
+    if not idx:
+        raise ConfigError(f"layers: {layers!r} selects none of the {n} matching layers")
+    return idx
 
 
 def matching_layer_keys(model: torch.nn.Module, selector: ParamSelector) -> list[int]:
@@ -69,7 +64,7 @@ def matching_layer_keys(model: torch.nn.Module, selector: ParamSelector) -> list
 def chosen_layer_keys(keys: list[int], selector: ParamSelector, what: str = "selector") -> list[int]:
     """The layer keys ``selector.layers`` picks among the model's ``keys``, in selector order."""
     try:
-        return [keys[i] for i in _pick(len(keys), selector.layers)]
+        return [keys[i] for i in _checked_pick(len(keys), selector.layers)]
     except ConfigError as e:
         raise ConfigError(f"{what}.{e}") from None
 
@@ -112,7 +107,7 @@ def select_params(model: torch.nn.Module, selector: ParamSelector, what: str = "
         )
     matches.sort(key=lambda m: (m[0], m[1]))
     try:
-        idx = _pick(len(matches), selector.layers)
+        idx = _checked_pick(len(matches), selector.layers)
     except ConfigError as e:
         raise ConfigError(f"{what}.{e}") from None
     out = []

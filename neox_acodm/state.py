@@ -74,6 +74,19 @@ class ParamNorms:
             self._prev_norms = norms
         return norms.float(), upd.float()
 
+    def check_state(self, state, path: str) -> None:
+        """Raise CheckpointError unless ``state`` fits these norm layers."""
+        from .checkpoint import CheckpointError
+
+        prev = state.get("prev_norms") if isinstance(state, dict) else None
+        if prev is not None and (not isinstance(prev, torch.Tensor) or tuple(prev.shape) != (self.num_layers,)):
+            raise CheckpointError(f"{path}: norm state is for {getattr(prev, 'shape', prev)} layers, "
+                                  f"this run has {self.num_layers} (acodm.state.norm_params changed?)")
+        pw = state.get("prev_weights") if isinstance(state, dict) else None
+        if pw and [tuple(w.shape) for w in pw] != [tuple(p.param.shape) for p in self.params]:
+            raise CheckpointError(f"{path}: saved norm-layer weight copies do not match this model's "
+                                  f"selected layers (acodm.state.norm_params or the model changed)")
+
     def state_dict(self) -> dict:
         return {"prev_norms": self._prev_norms,
                 "prev_weights": [w.cpu() for w in self._prev_weights] if self._prev_weights else None}

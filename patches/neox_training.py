@@ -201,7 +201,9 @@ class NeoXIntegration:
 
         def train_step(neox_args, *args, **kwargs):
             out = original(neox_args, *args, **kwargs)
-            metrics = integ.session.end_step()
+            # NeoX's train_step returns (loss_dict, skipped_iter); otherwise ask the engine
+            reported = isinstance(out, tuple) and len(out) > 1 and isinstance(out[1], (bool, int)) and bool(out[1])
+            metrics = integ.session.end_step(skipped=True if reported else None)
             integ._log(neox_args, metrics)
             return out
 

@@ -97,4 +97,4 @@ def test_unreadable_state_raises_on_every_rank_instead_of_hanging(tmp_path):
     owner = (tmp_path / "missing0.txt").read_text()
     other = (tmp_path / "missing1.txt").read_text()
     assert owner.startswith("FileNotFoundError") and "does_not_exist.pt" in owner
-    assert other.startswith("RuntimeError") and "owner rank could not load" in other
+    assert other.startswith("RemoteFailure") and "failed on rank 0" in other and "does_not_exist.pt" in other

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from neox_acodm.checkpoint import load as checkpoint_load
+
 NEOX_DIR = os.environ.get("NEOX_DIR")
 pytestmark = pytest.mark.skipif(not NEOX_DIR, reason="set NEOX_DIR to a GPT-NeoX checkout to run")
 SHIM = Path(__file__).resolve().parent / "neox_cpu_shim"
@@ -132,7 +134,7 @@ def test_deepy_train_logs_checkpoints_and_resumes_exactly(neox_env):
         assert len(w) == 6
         assert len(scalars(tb, f"acodm/reward/{d}")) == 6
     assert max(abs(a - b) for a, b in zip(scalars(tb, "acodm/weight/code"), scalars(tb, "acodm/weight/code")[1:])) > 0
-    full = torch.load(Path(ckpt) / "global_step6" / "acodm" / "state.pt", weights_only=True)
+    full = checkpoint_load(Path(ckpt) / "global_step6" / "acodm" / "state.pt")
     assert full["step"] == 6 and sum(full["cursors"]["positions"]) == 6 * 12
 
     # resume from step 3 into a fresh directory: the next steps must be bit-identical
@@ -141,7 +143,7 @@ def test_deepy_train_logs_checkpoints_and_resumes_exactly(neox_env):
     subprocess.run(["cp", "-r", str(Path(ckpt) / "global_step3"), str(ckpt2)], check=True)
     (ckpt2 / "latest").write_text("global_step3")
     deepy(root, "resume", neox_config(root, str(ckpt2), str(ckpt2), str(root / "tb_resume")), acodm_block(root))
-    resumed = torch.load(ckpt2 / "global_step6" / "acodm" / "state.pt", weights_only=True)
+    resumed = checkpoint_load(ckpt2 / "global_step6" / "acodm" / "state.pt")
     assert torch.equal(full["weights"], resumed["weights"])
     assert full["cursors"] == resumed["cursors"]
     for k, v in full["mixer"]["agent"]["actor"].items():
@@ -162,8 +164,8 @@ def test_proxy_policy_from_small_neox_model_drives_a_larger_one(neox_env):
     assert "capturing per-domain gradients" not in log  # proxy target: no reward computation
     assert scalars(str(root / "tb_big"), "acodm/reward/wiki") == []
     assert len(scalars(str(root / "tb_big"), "acodm/weight/wiki")) == 6
-    state = torch.load(Path(big) / "global_step6" / "acodm" / "state.pt", weights_only=True)
-    src = torch.load(policy, weights_only=True)["actor"]
+    state = checkpoint_load(Path(big) / "global_step6" / "acodm" / "state.pt")
+    src = checkpoint_load(policy)["actor"]
     for k, v in src.items():  # frozen: the target's actor is exactly the transferred policy
         assert torch.equal(v, state["mixer"]["agent"]["actor"][k])
     assert len(state["mixer"]["agent"]["replay"]["rewards"]) == 0
@@ -181,7 +183,7 @@ def test_non_pipe_path_with_per_domain_validation(neox_env):
         vals = scalars(tb, f"acodm/val_ppl/{d}")
         assert len(vals) >= 2 and all(1 < v < 1e4 for v in vals)
     assert len(scalars(tb, "acodm/weight/wiki")) == 6
-    state = torch.load(Path(ckpt) / "global_step6" / "acodm" / "state.pt", weights_only=True)
+    state = checkpoint_load(Path(ckpt) / "global_step6" / "acodm" / "state.pt")
     assert sum(state["cursors"]["positions"]) == 6 * 12
 
 
@@ -196,14 +198,14 @@ def test_two_pipeline_stages_train_and_resume_exactly(neox_env):
     assert "['2.mlp.linear2.weight', '3.mlp.linear2.weight']" in log  # stage 0
     assert "['4.mlp.linear2.weight', '5.mlp.linear2.weight']" in log  # stage 1
     assert len(scalars(tb, "acodm/reward/wiki")) == 6
-    full = torch.load(Path(ckpt) / "global_step6" / "acodm" / "state.pt", weights_only=True)
+    full = checkpoint_load(Path(ckpt) / "global_step6" / "acodm" / "state.pt")
     ckpt2 = root / "ckpt_pp_resume"
     ckpt2.mkdir()
     subprocess.run(["cp", "-r", str(Path(ckpt) / "global_step3"), str(ckpt2)], check=True)
     (ckpt2 / "latest").write_text("global_step3")
     deepy(root, "pp_resume", neox_config(root, str(ckpt2), str(ckpt2), str(root / "tb_pp_resume"), **over),
           acodm_block(root))
-    resumed = torch.load(ckpt2 / "global_step6" / "acodm" / "state.pt", weights_only=True)
+    resumed = checkpoint_load(ckpt2 / "global_step6" / "acodm" / "state.pt")
     assert torch.equal(full["weights"], resumed["weights"])
     for k, v in full["mixer"]["agent"]["critic"].items():
         assert torch.equal(v, resumed["mixer"]["agent"]["critic"][k])
@@ -218,5 +220,5 @@ def test_two_tensor_parallel_ranks(neox_env):
     assert log.count("capturing per-domain gradients of 2 tensors (16384 elements") == 2  # half of 32768 each
     rewards = [scalars(tb, f"acodm/reward/{d}") for d in DOMAINS]
     assert all(len(r) == 6 for r in rewards) and any(v != 0 for r in rewards for v in r)
-    state = torch.load(Path(ckpt) / "global_step6" / "acodm" / "state.pt", weights_only=True)
+    state = checkpoint_load(Path(ckpt) / "global_step6" / "acodm" / "state.pt")
     assert state["step"] == 6 and sum(state["cursors"]["positions"]) == 6 * 6  # dp=1: 6 samples/step

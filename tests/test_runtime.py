@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from neox_acodm.checkpoint import load as checkpoint_load
+
 from conftest import TinyLM, tiny_cfg, train_steps
 from neox_acodm.mixers import StepStats
 from neox_acodm.mixers.acodm import ACODMMixer
@@ -95,7 +97,7 @@ def test_proxy_source_then_frozen_target_without_capture(tmp_path):
     assert rt_t.probe is None, "proxy target must not capture gradients"
     assert all(not p._backward_hooks for p in big.parameters())
     actor0 = {k: v.clone() for k, v in rt_t.mixer.agent.actor.state_dict().items()}
-    src_actor = torch.load(policy, weights_only=True)["actor"]
+    src_actor = checkpoint_load(policy)["actor"]
     for k in actor0:
         assert torch.equal(actor0[k], src_actor[k])
     ws = train_steps(rt_t, big, opt_big, 6)

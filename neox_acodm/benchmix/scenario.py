@@ -10,9 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from ..config import ConfigError, _build, _f
+from ..typed_yaml import ConfigError, _build, _f, load_yaml
 
 __all__ = ["Scenario", "builtin_scenarios", "load_scenario"]
 
@@ -130,10 +128,10 @@ def load_scenario(name_or_path: str) -> Scenario:
         raise ConfigError(f"{name_or_path}: no such scenario file or built-in scenario "
                           f"(built-in: {', '.join(sorted(builtin))})")
     try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
-    return parse_scenario(data, "scenario")
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the scenario file ({e.strerror or e})") from None
+    return parse_scenario(load_yaml(raw, str(path)), "scenario")
 
 
 def to_dict(obj: Any) -> Any:

@@ -275,11 +275,12 @@ class MegatronMixingSession:
         self.micro += 1
 
     # -- step boundary ------------------------------------------------------------------------
-    def end_step(self) -> dict[str, float]:
+    def end_step(self, skipped: bool = False) -> dict[str, float]:
+        """``skipped``: Megatron's train_step reported ``skipped_iter`` (fp16 overflow)."""
         if self.micro not in (0, self.rt.grad_accum):
             raise RuntimeError(f"acodm: saw {self.micro} training losses in a step of "
                                f"{self.rt.grad_accum} micro-batches")
-        metrics = self.rt.end_step()
+        metrics = self.rt.end_step(skipped=skipped)
         self.micro = 0
         self._refresh_grad_scale()
         self.last_metrics = metrics
@@ -322,7 +323,9 @@ def install(session: MegatronMixingSession) -> None:
 
     def train_step(*a, **kw):
         result = step_orig(*a, **kw)
-        session.end_step()
+        # train_step returns (loss_dict, skipped_iter, ...): an overflow step updates no mixer
+        skipped = isinstance(result, tuple) and len(result) > 1 and isinstance(result[1], (bool, int)) and bool(result[1])
+        session.end_step(skipped=skipped)
         return result
 
     def save_checkpoint(iteration, *a, **kw):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..agent import DDPGAgent
+from ..checkpoint import load as load_state_file
 from ..config import ACODMConfig
 from ..rewards import RewardEMA, paper_alignment, reference_reward, zscore
 from ..state import StateBuilder, state_dim
@@ -62,7 +63,7 @@ class ACODMMixer(Mixer):
         if self.target:
             path = cfg.proxy.policy_path
             try:
-                policy = torch.load(path, map_location="cpu", weights_only=True)
+                policy = load_state_file(path)
             except FileNotFoundError:
                 raise FileNotFoundError(f"acodm.proxy.policy_path: {path} does not exist; run the "
                                         f"source run (proxy.role: source) first") from None

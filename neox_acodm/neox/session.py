@@ -97,12 +97,16 @@ class DeepSpeedMixingSession:
         self.micro += 1
 
     # -- step boundary ------------------------------------------------------------------------
-    def end_step(self) -> dict[str, float]:
-        """Close the step (collective over the runtime's groups)."""
+    def end_step(self, skipped: bool | None = None) -> dict[str, float]:
+        """Close the step (collective over the runtime's groups). ``skipped``: the optimizer did
+        not apply the step (fp16 overflow); None = ask the engine (``was_step_applied``)."""
         if self.micro not in (0, self.rt.grad_accum):
             raise RuntimeError(f"acodm: saw {self.micro} training losses in a step of "
                                f"{self.rt.grad_accum} micro-batches; the loss wrapper missed some")
-        metrics = self.rt.end_step()
+        if skipped is None:
+            applied = getattr(self.engine, "was_step_applied", None)
+            skipped = callable(applied) and not applied()
+        metrics = self.rt.end_step(skipped=bool(skipped))
         # ranks that compute no loss (earlier pipeline stages) follow loss-scale changes here
         self.rt.set_grad_scale(self._grad_scale())
         self.micro = 0
