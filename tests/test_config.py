@@ -1,5 +1,6 @@
 """Every config error path gives a one-line error naming the dotted key."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -66,7 +67,7 @@ def test_defaults_and_types():
     assert cfg.agent.gamma == 0.95 and cfg.agent.tau == 0.001
     assert cfg.state.norm_params.layers == "first_and_even"
     assert cfg.needs_rewards
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3  # frozen
 
 
