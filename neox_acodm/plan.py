@@ -18,6 +18,7 @@ changing the weights never repeats or drops a sample of a domain.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,6 +92,12 @@ class StepPlan:
 
 
 ALLOCATIONS = ("iid", "stratified")
+
+
+def samples_per_domain(num_samples: int, max_weight: float) -> int:
+    """Samples each per-domain dataset is built for: enough for a run that draws every sample
+    from one domain at ``max_weight`` (0.5 % margin, as the frameworks' own blending uses)."""
+    return math.ceil(num_samples * max_weight * 1.005)
 
 
 def inclusion_probs(weights, n_free: int, floor: int, allocation: str) -> np.ndarray:

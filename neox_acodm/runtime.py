@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from . import persist
 from .config import ACODMConfig, ConfigError

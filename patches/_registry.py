@@ -15,6 +15,8 @@ from typing import Any
 
 #: GPT-NeoX commits every NeoX patch was verified on (see patches/UPSTREAM.md)
 NEOX_VERIFIED = ("ea7aefd8",)
+#: Megatron-LM releases the Megatron entry point's patches were verified on
+MEGATRON_VERIFIED = ("core_r0.19.0",)
 
 
 @dataclass
@@ -24,6 +26,8 @@ class Patch:
     target: str  # "package.module:attribute"
     make_wrapper: Callable[[Any], Any]
     verified: tuple[str, ...] = NEOX_VERIFIED
+    #: leading positional parameter names the wrapper relies on (checked against the target)
+    params: tuple[str, ...] = ()
     _original: Any = field(default=None, repr=False)
 
     @property
@@ -51,11 +55,28 @@ class Patch:
                 f"commits or update neox_acodm (see patches/UPSTREAM.md)")
         if getattr(current, "__acodm_patch__", None) is self:
             return
+        self.check_signature(current)
         wrapper = self.make_wrapper(current)
         wrapper.__acodm_patch__ = self
         wrapper.__wrapped__ = current
         self._original = current
         setattr(mod, self.attr, wrapper)
+
+    def check_signature(self, target: Any) -> None:
+        """The target's leading parameters must be ``params`` (a renamed argument fails loudly)."""
+        if not self.params:
+            return
+        import inspect
+
+        try:
+            names = tuple(inspect.signature(target).parameters)[:len(self.params)]
+        except (TypeError, ValueError):
+            return  # builtins without a signature: existence is all we can check
+        if names != self.params:
+            raise RuntimeError(
+                f"neox_acodm: patch target {self.target} takes {names}, the wrapper expects "
+                f"{self.params} (verified on {', '.join(self.verified)}); upstream has changed. Pin "
+                f"one of those versions or update neox_acodm (see patches/UPSTREAM.md)")
 
     def remove(self) -> None:
         mod = sys.modules.get(self.module_name)

@@ -24,7 +24,6 @@ afterwards:
 """
 
 import logging
-import math
 import os
 
 from ._registry import NEOX_VERIFIED, Patch
@@ -107,6 +106,8 @@ class NeoXIntegration:
     def _wrap_build_loaders(self, original):
         import megatron.data.data_utils as data_utils
 
+        from neox_acodm.plan import samples_per_domain
+
         integ = self
 
         def build_train_valid_test_data_loaders(neox_args):
@@ -117,7 +118,7 @@ class NeoXIntegration:
             def sized_for_max_weight(weights, num_samples):
                 norm, nums = sizing(weights, num_samples)
                 if weights is train_weights and num_samples is not None:
-                    nums = [int(math.ceil(num_samples * cap * 1.005)) for _ in norm]
+                    nums = [samples_per_domain(num_samples, cap) for _ in norm]
                 return norm, nums
 
             data_utils.get_normalized_weights_and_num_samples = sized_for_max_weight
@@ -149,6 +150,7 @@ class NeoXIntegration:
         import torch
         from megatron import mpu
 
+        from neox_acodm.metrics import MetricsSink
         from neox_acodm.neox.session import DeepSpeedMixingSession
 
         na = self.neox_args
@@ -160,13 +162,14 @@ class NeoXIntegration:
             dp_rank=mpu.get_data_parallel_rank(), grad_accum=na.gradient_accumulation_steps,
             micro_batch=na.train_micro_batch_size_per_gpu, total_steps=self.cfg.total_steps,
             dp_group=mpu.get_data_parallel_group(), group=None, partial_sum_group=tp_group,
-            pipe_group=pp_group, comm_device=comm)
+            pipe_group=pp_group, comm_device=comm,
+            sink=MetricsSink(lambda: self._writer(na), self.cfg.log_interval, route="owner",
+                             is_owner=torch.distributed.get_rank() == 0))
         if na.is_pipe_parallel:
             model.module.loss_fn = self.session.wrap_loss(model.module.loss_fn)
         if na.load and na.iteration:
-            path = state_path(na.load, na.iteration)
-            self.session.rt.load(path)
-            logger.info("acodm: resumed mixer state from %s (step %d)", path, self.session.rt.step)
+            self.session.resume(state_path(na.load, na.iteration), na.iteration,
+                                "was the checkpoint written with this acodm block?")
         if torch.distributed.get_rank() == 0:
             logger.info("acodm: active (%s, %d domains, dp=%d, grad_accum=%d)", self.cfg.mixer,
                         self.cfg.num_domains, mpu.get_data_parallel_world_size(), na.gradient_accumulation_steps)
@@ -203,26 +206,22 @@ class NeoXIntegration:
             out = original(neox_args, *args, **kwargs)
             # NeoX's train_step returns (loss_dict, skipped_iter); otherwise ask the engine
             reported = isinstance(out, tuple) and len(out) > 1 and isinstance(out[1], (bool, int)) and bool(out[1])
-            metrics = integ.session.end_step(skipped=True if reported else None)
-            integ._log(neox_args, metrics)
+            integ.session.end_step(skipped=True if reported else None)  # logs through its sink
             return out
 
         return train_step
 
-    def _log(self, neox_args, metrics: dict) -> None:
-        import torch
-
-        if not metrics or torch.distributed.get_rank() != 0:
-            return
-        step = neox_args.iteration + 1  # the step number training_log uses for this iteration
-        if step % self.cfg.log_interval:
-            return
+    @staticmethod
+    def _writer(neox_args):
+        """NeoX's logger (TensorBoard / W&B / Comet) as ``write(tag, value, step)``."""
         from megatron.logging import tb_wandb_log
 
-        for key, value in metrics.items():
-            tb_wandb_log(f"acodm/{key}", value, step, use_wandb=neox_args.use_wandb,
+        def write(tag: str, value: float, step: int) -> None:
+            tb_wandb_log(tag, value, step, use_wandb=neox_args.use_wandb,
                          tensorboard_writer=neox_args.tensorboard_writer,
                          comet_experiment=getattr(neox_args, "comet_experiment", None))
+
+        return write
 
     def _wrap_eval(self, original):
         import inspect

@@ -14,13 +14,14 @@ depends on the weights.
 from __future__ import annotations
 
 import logging
-import math
+
 from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset, default_collate
 
 from ..config import ACODMConfig, ConfigError
+from ..plan import samples_per_domain
 from ..runtime import MixingRuntime, PlanIterator
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def build_domain_datasets(cfg: ACODMConfig, num_samples: int, seq_len: int, seed
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
     key = "train_path" if split == "train" else "valid_path"
-    size = math.ceil(num_samples * cfg.sampling.max_weight * 1.005)
+    size = samples_per_domain(num_samples, cfg.sampling.max_weight)
     kwargs = dict(reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False)
     kwargs.update(gpt_kwargs)
     out = []

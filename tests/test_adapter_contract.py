@@ -1,0 +1,176 @@
+"""The shared adapter contract: one Patch registry (idempotent, reversible, signature-checked)
+for the Megatron entry point too, the shared MixingSession, and the metrics owner that
+routes acodm/* scalars to the rank that has the writer (Megatron's is the last rank)."""
+
+import os
+import pickle
+import socket
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import TinyLM, domain_batch, tiny_cfg
+from neox_acodm.metrics import MetricsSink, tag
+from neox_acodm.runtime import MixingRuntime
+from neox_acodm.session import MixingSession
+
+
+def _standin_training(rename: bool = False):
+    mod = types.ModuleType("megatron.training.training")
+    calls = []
+
+    def setup_model_and_optimizer(model_provider_func, model_type, *a, **kw):
+        calls.append("setup")
+        return "model", "optimizer", "scheduler"
+
+    if rename:
+        def train_step(forward_step_fn, data_iterator, model, optimizer, *a, **kw):  # renamed arg
+            return {}, 0
+    else:
+        def train_step(forward_step_func, data_iterator, model, optimizer, *a, **kw):
+            calls.append("step")
+            return {}, 1, False
+
+    def save_checkpoint(iteration, model, optimizer, *a, **kw):
+        calls.append("save")
+
+    mod.setup_model_and_optimizer, mod.train_step, mod.save_checkpoint = setup_model_and_optimizer, train_step, save_checkpoint
+    return mod, calls
+
+
+class _Session:
+    def __init__(self):
+        self.events = []
+
+    def setup(self, model, optimizer):
+        self.events.append(("setup", model, optimizer))
+
+    def end_step(self, skipped=False):
+        self.events.append(("end_step", skipped))
+
+    def save(self, iteration):
+        self.events.append(("save", iteration))
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    pytest.importorskip("megatron.core")
+    from neox_acodm.megatron import pretrain_gpt
+
+    def make(rename=False):
+        mod, calls = _standin_training(rename)
+        monkeypatch.setitem(sys.modules, "megatron.training.training", mod)
+        return mod, calls
+
+    return pretrain_gpt, make
+
+
+def test_megatron_patches_use_the_registry_and_pass_skipped_iter(standin):
+    pretrain_gpt, make = standin
+    mod, calls = make()
+    originals = (mod.setup_model_and_optimizer, mod.train_step, mod.save_checkpoint)
+    session = _Session()
+    patches = pretrain_gpt.install(session)
+    assert {p.attr for p in patches} == {"setup_model_and_optimizer", "train_step", "save_checkpoint"}
+    assert all(p.is_applied() for p in patches)
+    for p in patches:
+        p.apply()  # idempotent
+    assert mod.train_step.__wrapped__ is originals[1]
+    assert mod.setup_model_and_optimizer(lambda: None, "encoder") == ("model", "optimizer", "scheduler")
+    mod.train_step(None, None, None, None)
+    mod.save_checkpoint(5, None, None)
+    assert session.events == [("setup", "model", "optimizer"), ("end_step", True), ("save", 5)]
+    assert calls == ["setup", "step", "save"]
+    for p in patches:
+        p.remove()
+    assert (mod.setup_model_and_optimizer, mod.train_step, mod.save_checkpoint) == originals
+
+
+def test_a_renamed_upstream_argument_fails_loudly(standin):
+    pretrain_gpt, make = standin
+    mod, _ = make(rename=True)
+    with pytest.raises(RuntimeError, match=r"train_step takes .*forward_step_fn.*verified on core_r0.19.0"):
+        pretrain_gpt.install(_Session())
+
+
+def test_session_counts_micro_batches_and_reads_the_scale_once_per_step():
+    cfg = tiny_cfg("odm")
+    model = TinyLM()
+    reads = []
+    session = MixingSession(cfg, grad_scale=lambda: reads.append(1) or 2.0)
+    session.attach(MixingRuntime(cfg, dataset_sizes=[50, 60, 70], grad_accum=3, micro_batch=2, model=model))
+    for _ in range(2):
+        for d, idx in session.rt.micro_batches():
+            session.observe_loss(model.loss(domain_batch(d, idx)))
+        session.end_step()
+    assert len(reads) == 3  # attach + one per step, never per micro-batch
+    for d, idx in session.rt.micro_batches():
+        session.observe_loss(torch.tensor(1.0))
+    with pytest.raises(RuntimeError, match="more than 3 training losses"):
+        session.observe_loss(torch.tensor(1.0))
+    session.micro = 2
+    with pytest.raises(RuntimeError, match="saw 2 training losses in a step of 3"):
+        session.end_step()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sink_worker(rank, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    written = []
+    cfg = tiny_cfg("acodm", log_interval=2)
+    model = TinyLM()
+    rt = MixingRuntime(cfg, dataset_sizes=[50, 60, 70], dp_size=2, dp_rank=rank, grad_accum=2,
+                       micro_batch=2, model=model, group=dist.group.WORLD, dp_group=dist.group.WORLD)
+    # Megatron's layout: the mixer on rank 0, the writer on the last rank
+    sink = MetricsSink(lambda: (lambda t, v, s: written.append((t, s))) if rank == 1 else None, 2,
+                       route="broadcast", group=dist.group.WORLD, is_owner=rt.is_owner, timeout=30)
+    session = MixingSession(cfg, sink=sink)
+    session.attach(rt)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(8):
+        opt.zero_grad()
+        for d, idx in rt.micro_batches():
+            loss = model.loss(domain_batch(d, idx))
+            session.observe_loss(loss.detach())
+            loss.backward()
+        opt.step()
+        session.end_step()
+    with open(os.path.join(out, f"sink{rank}.pkl"), "wb") as f:
+        pickle.dump(written, f)
+    dist.barrier()
+    os._exit(0)
+
+
+def test_metrics_reach_the_writer_on_another_rank(tmp_path):
+    mp.spawn(_sink_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    owner = pickle.load(open(tmp_path / "sink0.pkl", "rb"))
+    writer = pickle.load(open(tmp_path / "sink1.pkl", "rb"))
+    assert owner == []
+    tags = {t for t, _ in writer}
+    steps = sorted({s for _, s in writer})
+    assert steps == [2, 4, 6, 8]  # every log_interval steps
+    for d in ("d0", "d1", "d2"):
+        assert tag(f"weight/{d}") in tags and tag(f"reward/{d}") in tags
+    assert {"acodm/critic_loss", "acodm/actor_loss"} <= tags  # agent losses, as NeoX logs them
+
+
+def test_sink_owner_route_writes_only_on_the_owner():
+    got = []
+    MetricsSink(lambda: lambda t, v, s: got.append(t), 1, is_owner=False).write(1, {"x": 1.0})
+    assert got == []
+    MetricsSink(lambda: lambda t, v, s: got.append(t), 1, is_owner=True).write(1, {"x": 1.0})
+    assert got == ["acodm/x"]
+    with pytest.raises(ValueError, match="route"):
+        MetricsSink(lambda: None, 1, route="everywhere")
