@@ -22,7 +22,8 @@ from torch.utils.data import Dataset, default_collate
 
 from ..config import ACODMConfig, ConfigError
 from ..plan import samples_per_domain
-from ..runtime import MixingRuntime, PlanIterator
+from ..plan_iterator import PlanIterator
+from ..runtime import MixingRuntime
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ from torch.utils.data import default_collate
 
 from ..config import ACODMConfig
 from ..metrics import MetricsSink
-from ..runtime import MixingRuntime, PlanIterator
+from ..plan_iterator import PlanIterator
+from ..runtime import MixingRuntime
 from ..session import MixingSession
 
 logger = logging.getLogger(__name__)
