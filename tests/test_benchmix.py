@@ -137,3 +137,13 @@ def test_demo_quick_pairing_and_weights(demo_quick):
     gram = np.array(rep["runs"]["gram_softmax"][s]["weights_curve"])
     assert np.abs(np.diff(gram, axis=0)).max() > 1e-3
     assert rep["runs"]["gram_softmax"][s]["rewards_curve"] and rep["runs"]["odm"][s]["timings"]["capture"] == 0
+
+
+def test_combine_reports_into_one_table(demo_quick, tmp_path):
+    out, _ = demo_quick
+    res = subprocess.run([sys.executable, "-m", "neox_acodm.cli", "bench-mix", "--combine", str(out), str(out),
+                          "--out", str(tmp_path / "t.md")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = (tmp_path / "t.md").read_text().splitlines()
+    assert lines[0] == "| mixer | noisy | noisy |" and len(lines) == 2 + 6
+    assert lines[2].startswith("| static_natural | ") and "(— / " in lines[2]

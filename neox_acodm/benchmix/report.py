@@ -11,10 +11,24 @@ from pathlib import Path
 import numpy as np
 
 
+def _rounded(obj, digits: int = 6):
+    """Floats to ``digits`` significant digits (the report stays diffable and small)."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}") if math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v, digits) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
+        json.dump(_rounded(obj), f, separators=(",", ":"))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
     os.replace(tmp, path)
 
 
@@ -126,3 +140,30 @@ def write_report(rep: dict, out: Path) -> dict:
     write_json(out / "report.json", rep)
     (out / "summary.md").write_text(summary_markdown(rep))
     return rep
+
+
+def _delta(p: dict | None) -> str:
+    if p is None:
+        return "—"
+    return f"{p['mean']:+.3f}{'*' if p.get('excludes_zero') else ''}"
+
+
+def combined_markdown(reports: list[dict]) -> str:
+    """One table across scenarios. Cell: mean loss ± s.d. over seeds, then the paired mean
+    differences vs static natural / uniform / gram_softmax (``*`` = 95 % interval excludes 0)."""
+    mixers: list[str] = []
+    for rep in reports:
+        mixers += [m for m in rep["mixers"] if m not in mixers]
+    lines = ["| mixer | " + " | ".join(r["scenario"]["name"] for r in reports) + " |",
+             "|---|" + "---|" * len(reports)]
+    for m in mixers:
+        cells = []
+        for rep in reports:
+            row = rep["table"].get(m)
+            if row is None:
+                cells.append("—")
+                continue
+            d = " / ".join(_delta(row.get(f"vs_{b}")) for b in ("static_natural", "uniform", "gram_softmax"))
+            cells.append(f"{row['mean_loss']['mean']:.3f} ± {row['mean_loss']['sd']:.3f} ({d})")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
