@@ -19,6 +19,9 @@ def bench(scenario: str, out: Path, size: str = "cpu", cache: Path | None = None
           seeds: tuple[int, ...] | None = None, mixers: tuple[str, ...] | None = None,
           progress: bool = True) -> dict:
     """Run one scenario and write report.json, plots and summary.md into ``out``."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
     from ..demo import default_cache
     from .report import write_report
     from .run import run_scenario

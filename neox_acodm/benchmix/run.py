@@ -42,6 +42,18 @@ def _block(sc: Scenario, size: Size, mixer: str, seed: int, proxy: tuple[str, st
     return block
 
 
+def _quiet() -> None:
+    """Keep the progress bar readable: upstream chatter and our per-run INFO lines go below
+    WARNING (``neox-acodm -v`` shows them)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+    if logging.getLogger("neox_acodm").getEffectiveLevel() <= logging.DEBUG:
+        return
+    for name in ("megatron", "neox_acodm.runtime", "neox_acodm.ops", "neox_acodm.mixers", "neox_acodm.demo"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run_scenario(sc: Scenario, size_name: str, out: Path, cache: Path, seeds: tuple[int, ...] | None = None,
                  mixers: tuple[str, ...] | None = None, progress: bool = True) -> dict:
     """Train every (mixer, seed); returns the report (see ``report.write_report``)."""
@@ -54,7 +66,7 @@ def run_scenario(sc: Scenario, size_name: str, out: Path, cache: Path, seeds: tu
     if unknown:
         raise ValueError(f"unknown mixers {unknown} (known: {', '.join(MIXERS)})")
     out.mkdir(parents=True, exist_ok=True)
-    logging.getLogger("megatron").setLevel(logging.WARNING)  # its dataset INFO lines, per file
+    _quiet()
     train, valid, data_info = build_domains(sc, size, cache)
     ms, tr = size.model, size.train
     model = ModelSpec(ms.layers, ms.hidden, ms.heads, size.vocab, ms.seq_len)
