@@ -12,12 +12,56 @@ launched. No other NeoX function is touched here.
 """
 
 import dataclasses
+import os
+import sys
 
 from ._registry import NEOX_VERIFIED
 
 TARGET = "megatron.neox_arguments.arguments"
 VERIFIED = NEOX_VERIFIED
 _DOC = "AC-ODM online data mixing (neox_acodm): the acodm block; see the neox_acodm README."
+
+
+def reconcile(cfg, neox_args):
+    """The acodm config checked against NeoX's data arguments; returns it with each domain's
+    ``train_path`` and ``total_steps`` filled in. Raises ConfigError (called in ``deepy.py``
+    too, so a mismatch fails before anything is launched)."""
+    from neox_acodm.config import ConfigError
+
+    paths = list(getattr(neox_args, "train_data_paths", None) or [])
+    if not paths:
+        raise ConfigError("acodm.domains: GPT-NeoX must be given train_data_paths (one per domain); "
+                          "data_path (a single blended dataset) has no domains")
+    if len(paths) != cfg.num_domains:
+        raise ConfigError(f"acodm.domains: {cfg.num_domains} domains but train_data_paths has "
+                          f"{len(paths)} entries; list one domain per path, in the same order")
+    for i, (d, p) in enumerate(zip(cfg.domains, paths)):
+        if d.train_path is not None and os.path.normpath(d.train_path) != os.path.normpath(p):
+            raise ConfigError(f"acodm.domains[{i}].train_path: {d.train_path!r} differs from "
+                              f"train_data_paths[{i}] = {p!r}")
+    if getattr(neox_args, "train_epochs", None):
+        raise ConfigError("acodm: train_epochs mode is not supported (dynamic weights need "
+                          "train_iters); set train_iters")
+    domains = [{**dataclasses.asdict(d), "train_path": p} for d, p in zip(cfg.domains, paths)]
+    return cfg.replace(domains=domains, total_steps=cfg.total_steps or getattr(neox_args, "train_iters", None))
+
+
+def _one_line_config_errors() -> None:
+    """An uncaught ConfigError (a bad acodm block) prints one line, not a traceback."""
+    previous = sys.excepthook
+    if getattr(previous, "_acodm", False):
+        return
+
+    def excepthook(kind, value, tb):
+        from neox_acodm.config import ConfigError
+
+        if isinstance(value, ConfigError):
+            sys.stderr.write(f"neox_acodm: error: {value}\n")
+            return
+        previous(kind, value, tb)
+
+    excepthook._acodm = True
+    sys.excepthook = excepthook
 
 
 def apply(arguments_module) -> None:
@@ -28,6 +72,7 @@ def apply(arguments_module) -> None:
                 f"neox_acodm: {TARGET}.{name} not found (verified on GPT-NeoX {', '.join(VERIFIED)}); "
                 f"upstream changed its argument system")
     neox_args_cls = arguments_module.NeoXArgs
+    _one_line_config_errors()
     if "acodm" in neox_args_cls.__dataclass_fields__:
         return
     template = arguments_module.BASE_CLASSES[0].__mro__[1]  # NeoXArgsTemplate
@@ -45,9 +90,11 @@ def apply(arguments_module) -> None:
         if acodm is not None:
             from neox_acodm.config import parse_config
 
-            parse_config(acodm)  # raises ConfigError naming the dotted key
+            cfg = parse_config(acodm)  # raises ConfigError naming the dotted key
         object.__setattr__(self, "acodm", acodm)
         original_init(self, *args, **kwargs)
+        if acodm is not None:
+            reconcile(cfg, self)  # data paths vs domains: fails in deepy.py, before launch
 
     __init__.__wrapped__ = original_init
     neox_args_cls.__init__ = __init__

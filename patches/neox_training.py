@@ -56,28 +56,14 @@ class NeoXIntegration:
     """State of one ``pretrain`` call with an ``acodm`` block (held by closure, no globals)."""
 
     def __init__(self, neox_args):
-        from neox_acodm.config import ConfigError, parse_config
+        from neox_acodm.config import parse_config
+
+        from .neox_args import reconcile
 
         _ensure_log_handler()
         self.neox_args = neox_args
-        cfg = parse_config(neox_args.acodm)
-        paths = list(neox_args.train_data_paths or [])
-        if not paths:
-            raise ConfigError("acodm.domains: GPT-NeoX must be given train_data_paths (one per domain); "
-                              "data_path (a single blended dataset) has no domains")
-        if len(paths) != cfg.num_domains:
-            raise ConfigError(f"acodm.domains: {cfg.num_domains} domains but train_data_paths has "
-                              f"{len(paths)} entries; list one domain per path, in the same order")
-        for i, (d, p) in enumerate(zip(cfg.domains, paths)):
-            if d.train_path is not None and os.path.normpath(d.train_path) != os.path.normpath(p):
-                raise ConfigError(f"acodm.domains[{i}].train_path: {d.train_path!r} differs from "
-                                  f"train_data_paths[{i}] = {p!r}")
-        if getattr(neox_args, "train_epochs", None):
-            raise ConfigError("acodm: train_epochs mode is not supported (dynamic weights need "
-                              "train_iters); set train_iters")
-        domains = [dict(name=d.name, train_path=p, valid_path=d.valid_path, weight=d.weight)
-                   for d, p in zip(cfg.domains, paths)]
-        self.cfg = cfg.replace(domains=domains, total_steps=cfg.total_steps or neox_args.train_iters)
+        cfg = reconcile(parse_config(neox_args.acodm), neox_args)
+        self.cfg = cfg
         self.datasets = None
         self.valid_datasets = None
         valid_paths = list(getattr(neox_args, "valid_data_paths", None) or [])

@@ -98,3 +98,58 @@ def test_patches_folder_is_installed_as_neox_acodm_patches():
     import neox_acodm.patches as p
 
     assert Path(p.__file__).resolve().parent == ROOT / "patches"
+
+
+def _standin_arguments():
+    """A stand-in of megatron.neox_arguments.arguments with NeoX's class layout."""
+    import dataclasses
+    import types
+
+    @dataclasses.dataclass
+    class NeoXArgsTemplate:
+        pass
+
+    @dataclasses.dataclass
+    class NeoXArgsData(NeoXArgsTemplate):
+        train_data_paths: list = None
+        train_iters: int = None
+        train_epochs: int = None
+
+    @dataclasses.dataclass
+    class NeoXArgs(NeoXArgsData):
+        pass
+
+    mod = types.ModuleType("standin_arguments")
+    mod.NeoXArgs, mod.BASE_CLASSES, mod.NEOX_ARG_CLASSES = NeoXArgs, [NeoXArgsData], [NeoXArgsData]
+    return mod
+
+
+def test_neox_args_check_data_paths_before_launch(monkeypatch, capsys):
+    import sys
+
+    from neox_acodm.config import ConfigError
+    from neox_acodm.patches import neox_args
+
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    mod = _standin_arguments()
+    neox_args.apply(mod)
+    block = {"domains": [{"name": "a", "train_path": "data/a"}, {"name": "b"}]}
+    ok = mod.NeoXArgs(acodm=block, train_data_paths=["data/a", "data/b"], train_iters=10)
+    assert ok.acodm == block
+    with pytest.raises(ConfigError, match=r"acodm.domains\[0\].train_path: 'data/a' differs from train_data_paths\[0\]"):
+        mod.NeoXArgs(acodm=block, train_data_paths=["data/x", "data/b"], train_iters=10)
+    with pytest.raises(ConfigError, match="2 domains but train_data_paths has 1"):
+        mod.NeoXArgs(acodm=block, train_data_paths=["data/a"], train_iters=10)
+    # deepy.py does not catch it: our excepthook prints one line instead of a traceback
+    try:
+        mod.NeoXArgs(acodm=block, train_data_paths=["data/x", "data/b"], train_iters=10)
+    except ConfigError:
+        sys.excepthook(*sys.exc_info())
+    err = capsys.readouterr().err
+    assert err.startswith("neox_acodm: error: acodm.domains[0].train_path") and "Traceback" not in err
+    assert err.count("\n") == 1
+    from neox_acodm.config import parse_config
+
+    cfg = neox_args.reconcile(parse_config({"domains": [{"name": "a", "metric_weight": 0.0}, {"name": "b"}]}), ok)
+    assert cfg.domains[0].metric_weight == 0.0 and cfg.domains[1].train_path == "data/b"
+    assert cfg.total_steps == 10
