@@ -167,11 +167,12 @@ class MixingRuntime:
                 for d, s in zip(plan.domains[r], self._starts[r])]
 
     # -- per micro-batch --------------------------------------------------------------------
-    def begin_microbatch(self, index: int, grad_scale: float = 1.0) -> int:
+    def begin_microbatch(self, index: int, grad_scale: float | None = None) -> int:
         """Micro-batch ``index`` of this rank starts; returns its domain. ``grad_scale``
-        multiplies the captured gradients (e.g. ``grad_accum / loss_scale``)."""
+        multiplies the captured gradients (e.g. ``grad_accum / loss_scale``); None keeps the
+        scale last set (here or by :meth:`set_grad_scale`)."""
         d = int(self.plan().domains[self.dp_rank, index])
-        if self.probe is not None:
+        if self.probe is not None and grad_scale is not None:
             self.probe.set_grad_scale(grad_scale)
         return d
 
