@@ -85,6 +85,7 @@ class NeoXIntegration:
             Patch("megatron.training:cross_entropy", self._wrap_cross_entropy),
             Patch("megatron.training:shift_and_wrap_data_loaders", self._wrap_shift),
             Patch("megatron.training:train_step", self._wrap_train_step),
+            Patch("megatron.training:forward_step", _wrap_forward_step),
             Patch("megatron.training:evaluate_and_print_results", self._wrap_eval),
             Patch("megatron.checkpointing:save_ds_checkpoint", self._wrap_save),
         ]
@@ -271,6 +272,26 @@ class NeoXIntegration:
                 integ.session.rt.save(state_path(neox_args.save, iteration))
 
         return save_ds_checkpoint
+
+
+def eval_output_pair(out, return_logits: bool):
+    """NeoX's ``evaluate`` unpacks ``loss, metric_dict = forward_step(...)``. On the pipe path
+    that is ``PipelineEngine.eval_batch``: DeeperSpeed returns a pair, PyPI DeepSpeed a bare
+    loss tensor. Both become ``(loss, metrics)``; a ``return_logits`` call is left as it is."""
+    if return_logits or isinstance(out, (tuple, list)):
+        return out
+    return out, {}
+
+
+def _wrap_forward_step(original):
+    def forward_step(*args, **kwargs):
+        out = original(*args, **kwargs)
+        neox_args = kwargs.get("neox_args", args[2] if len(args) > 2 else None)
+        if getattr(neox_args, "is_pipe_parallel", False):
+            return eval_output_pair(out, bool(kwargs.get("return_logits", args[4] if len(args) > 4 else False)))
+        return out
+
+    return forward_step
 
 
 def _wrap_pretrain(original):

@@ -153,3 +153,16 @@ def test_neox_args_check_data_paths_before_launch(monkeypatch, capsys):
     cfg = neox_args.reconcile(parse_config({"domains": [{"name": "a", "metric_weight": 0.0}, {"name": "b"}]}), ok)
     assert cfg.domains[0].metric_weight == 0.0 and cfg.domains[1].train_path == "data/b"
     assert cfg.total_steps == 10
+
+
+def test_pipe_eval_output_has_one_shape_for_both_deepspeeds():
+    import torch
+
+    from neox_acodm.patches.neox_training import eval_output_pair
+
+    loss = torch.tensor(2.5)
+    assert eval_output_pair(loss, False) == (loss, {})  # PyPI DeepSpeed: a bare tensor
+    pair = (loss, {"lm_loss": loss})
+    assert eval_output_pair(pair, False) is pair  # DeeperSpeed: already a pair
+    logits = (loss, torch.zeros(2))
+    assert eval_output_pair(logits, True) is logits  # return_logits callers get what they asked for
