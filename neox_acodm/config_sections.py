@@ -94,6 +94,7 @@ class ParamSelector:
         except Exception as e:  # re.error
             raise ConfigError(f"{path}.module: invalid regular expression {self.module!r}: {e}") from None
 
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How weights become the domains of a step's micro-batches."""
@@ -124,6 +125,7 @@ class SamplingConfig:
         if self.min_weight >= self.max_weight:
             raise ConfigError(f"{path}.min_weight: must be below max_weight ({self.max_weight}), "
                               f"got {self.min_weight}")
+
 
 @dataclass(frozen=True)
 class ODMConfig:
@@ -185,6 +187,7 @@ class RewardConfig:
         """Cross-field checks (called by the typed-YAML engine after the fields)."""
         if self.sketch_dim % 8:
             raise ConfigError(f"{path}.sketch_dim: must be a multiple of 8, got {self.sketch_dim}")
+
 
 @dataclass(frozen=True)
 class StateConfig:
@@ -267,6 +270,7 @@ class AgentConfig:
                               f"the replay buffer never holds a batch, so the agent never updates")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"{path}.device: got {self.device!r} (allowed: auto, cpu, cuda, cuda:N)")
+
 
 @dataclass(frozen=True)
 class GramMixerConfig:
