@@ -62,9 +62,11 @@ class ACODMConfig:
         None, doc="T, for the progress feature and LR schedules; NeoX/Megatron fill it from "
         "`train_iters` when absent.", rng=(1, None, True, None)
     )
-    initial_weights: Literal["auto", "config", "uniform", "tokens"] = _f(
+    initial_weights: Literal["auto", "config", "uniform", "tokens", "metric"] = _f(
         "auto", doc="`config`: the domains' `weight`; `uniform`; `tokens`: proportional to "
-        "training tokens (natural mix); `auto`: `config` if every domain has a weight, else uniform."
+        "training tokens (natural mix, see `sampling.temperature`); `metric`: proportional to the "
+        "domains' `metric_weight` (uniform over the domains you target; the best-measured static "
+        "mix of `bench-mix`); `auto`: `config` if every domain has a weight, else uniform."
     )
     sampling: SamplingConfig = _f(factory=SamplingConfig, doc="See `acodm.sampling.*`.")
     odm: ODMConfig = _f(factory=ODMConfig, doc="See `acodm.odm.*`.")

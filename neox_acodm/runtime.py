@@ -43,6 +43,8 @@ def resolve_initial_weights(cfg: ACODMConfig, token_counts: Sequence[float] | No
         mode = "config" if all(d.weight is not None for d in cfg.domains) else "uniform"
     if mode == "config":
         return np.array([d.weight for d in cfg.domains], dtype=np.float64)
+    if mode == "metric":  # zero-weight domains get sampling.min_weight when the weights are projected
+        return np.array([d.metric_weight for d in cfg.domains], dtype=np.float64)
     if mode == "tokens":
         if token_counts is None:
             raise ConfigError("acodm.initial_weights: 'tokens' needs the per-domain token counts, "

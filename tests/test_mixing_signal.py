@@ -172,3 +172,13 @@ def test_aligned_preset_and_its_checks():
                       "proxy": {"role": "target", "policy_path": "p.pt"}})
     with pytest.raises(ConfigError, match=r"acodm.domains\[0\].metric_weight: must be in \[0, inf\)"):
         parse_config({"domains": [{"name": "a", "metric_weight": -1}]})
+
+
+def test_metric_initial_weights_floor_the_untargeted_domains():
+    from neox_acodm.plan import normalize_weights
+    from neox_acodm.runtime import resolve_initial_weights
+
+    cfg = parse_config({"initial_weights": "metric", "sampling": {"min_weight": 0.01},
+                        "domains": [{"name": "a", "metric_weight": 3}, {"name": "b"}, {"name": "noise", "metric_weight": 0}]})
+    w = normalize_weights(resolve_initial_weights(cfg, None), 0.01)
+    assert np.allclose(w, [0.7425, 0.2475, 0.01])

@@ -26,11 +26,7 @@ BASELINES = ("static_natural", "uniform", "gram_softmax", "odm")
 def _block(sc: Scenario, size: Size, mixer: str, seed: int, proxy: tuple[str, str] | None = None) -> dict:
     """The full ``acodm:`` block of one run."""
     spec = copy.deepcopy(MIXERS[mixer](sc, size))
-    from_metric = spec.pop("weights_from_metric", False)
     domains = [{"name": d.name, "metric_weight": d.metric_weight} for d in sc.domains]
-    if from_metric:
-        for d, src in zip(domains, sc.domains):
-            d["weight"] = max(src.metric_weight, 1e-6)
     block = {"seed": seed, "total_steps": size.train.steps, "domains": domains, **spec}
     sampling = {"allocation": sc.allocation, "min_weight": sc.min_weight}
     block["sampling"] = {**sampling, **spec.get("sampling", {})}
