@@ -117,7 +117,7 @@ def test_demo_quick_report_contract(demo_quick):
         for s in seeds:
             r = rep["runs"][m][s]
             assert r["val_curve"][-1]["step"] == steps and set(r["val_curve"][-1]["loss"]) == set(rep["domains"])
-            assert all(abs(sum(w) - 1) < 1e-6 for w in r["weights_curve"])
+            assert all(abs(sum(w) - 1) < 1e-4 for w in r["weights_curve"])  # report rounds to 6 digits
             # it learned: the final metric is well below the initial one
             assert r["curve"][-1][1] < r["curve"][0][1] - 0.3
     assert rep["table"]["static_natural"]["steps_to_static_final"] == [steps] * 3
