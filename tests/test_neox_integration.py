@@ -97,7 +97,7 @@ def neox_env(tmp_path_factory):
         pth.unlink()
 
 
-def deepy(root: Path, name: str, cfg: dict, block: str) -> str:
+def deepy(root: Path, name: str, cfg: dict, block: str, expect_ok: bool = True):
     (root / f"{name}.yml").write_text(json.dumps(cfg, indent=1))
     (root / f"{name}_acodm.yml").write_text(block)
     env = {**os.environ, "PYTHONPATH": str(SHIM), "NEOX_CPU_SHIM": "1", "DS_ACCELERATOR": "cpu",
@@ -106,6 +106,8 @@ def deepy(root: Path, name: str, cfg: dict, block: str) -> str:
                           str(root / f"{name}_acodm.yml")], cwd=NEOX_DIR, env=env, capture_output=True,
                          text=True, timeout=900)
     log = res.stdout + res.stderr
+    if not expect_ok:
+        return res
     assert res.returncode == 0, log[-4000:]
     return log
 
@@ -222,3 +224,24 @@ def test_two_tensor_parallel_ranks(neox_env):
     assert all(len(r) == 6 for r in rewards) and any(v != 0 for r in rewards for v in r)
     state = checkpoint_load(Path(ckpt) / "global_step6" / "acodm" / "state.pt")
     assert state["step"] == 6 and sum(state["cursors"]["positions"]) == 6 * 6  # dp=1: 6 samples/step
+
+
+def test_pipe_path_per_domain_validation_with_pypi_deepspeed(neox_env):
+    """pipe_parallel_size 1 with eval_iters > 0: PyPI DeepSpeed's eval_batch returns a bare
+    loss, DeeperSpeed's a pair; NeoX's evaluate gets (loss, metrics) from both."""
+    root = neox_env
+    ckpt, tb = str(root / "ckpt_pe"), str(root / "tb_pe")
+    log = deepy(root, "pe", neox_config(root, ckpt, ckpt, tb, eval_interval=3, eval_iters=2), acodm_block(root))
+    assert log.count("acodm per-domain validation ppl at iteration") >= 2
+    assert all(1 < v < 1e4 for v in scalars(tb, "acodm/val_ppl/avg"))
+
+
+def test_a_train_path_mismatch_fails_in_deepy_before_launch(neox_env):
+    root = neox_env
+    block = acodm_block(root).replace("wiki_train_text_document", "elsewhere_text_document", 1)
+    res = deepy(root, "bad", neox_config(root, str(root / "c_bad"), str(root / "c_bad"), str(root / "tb_bad")),
+                block, expect_ok=False)
+    err = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "neox_acodm: error: acodm.domains[0].train_path:" in err and "differs from train_data_paths[0]" in err
+    assert "Traceback" not in err and "deepspeed.launcher" not in err  # nothing was launched
