@@ -82,7 +82,7 @@ setup(
     extras_require={
         "dev": ["pytest"],
         # the embedded demo: HF GPT-NeoX (Pythia) model, megatron-core indexed datasets, plots
-        "demo": ["transformers>=4.40", "megatron-core>=0.16", "matplotlib", "tqdm"],
+        "demo": ["transformers>=4.38", "megatron-core>=0.16", "matplotlib", "tqdm"],
         # GPT-NeoX path and its CPU tests (install with DS_BUILD_OPS=0 on machines without CUDA)
         "neox": ["deepspeed>=0.14"],
     },
