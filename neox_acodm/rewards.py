@@ -38,12 +38,21 @@ def paper_alignment(gram: torch.Tensor, present: torch.Tensor, clip: float) -> t
     return torch.where(present, w.clamp(-clip, clip), torch.zeros_like(w))
 
 
-def reference_reward(gram: torch.Tensor, clip: float) -> torch.Tensor:
-    """The reference code's vector reward: z(clip(W / (mean ||g|| + 1e-6))). [K, K] -> [K]."""
+def reference_reward(gram: torch.Tensor, clip: float, present: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference code's vector reward: z(clip(W / (mean ||g|| + 1e-6))). [K, K] -> [K].
+
+    ``present`` [K] bool: only the domains that drew data are z-scored (and enter the mean
+    norm); absent domains get 0 (the reference code z-scored their all-zero rows too)."""
     gram = gram.to(torch.float32)
+    if present is None:
+        present = torch.ones(gram.shape[0], dtype=torch.bool)
+    present = torch.as_tensor(present, dtype=torch.bool)
     w = alignment(gram)
-    norms = gram.diagonal().clamp_min(0).sqrt()
-    return zscore((w / (norms.mean() + 1e-6)).clamp(-clip, clip))
+    norms = gram.diagonal().clamp_min(0).sqrt()[present]
+    scale = norms.mean() if norms.numel() else torch.tensor(0.0)
+    out = torch.zeros_like(w)
+    out[present] = zscore((w[present] / (scale + 1e-6)).clamp(-clip, clip))
+    return out
 
 
 class RewardEMA:

@@ -37,3 +37,11 @@ def test_ema_importance_correction():
     assert torch.allclose(r1, torch.tensor([2.0, 4.0, 0.0]))  # first observation: W / p
     r2 = ema.update(torch.tensor([0.0, 1.0, 1.0]), p, torch.tensor([True, True, True]))
     assert torch.allclose(r2, torch.tensor([1.0, 4.0, 4.0]))
+
+
+def test_reference_reward_ignores_absent_domains():
+    g = torch.tensor([[1.0, 0.5], [0.2, 1.0], [0.0, 0.0]])  # domain 2 drew nothing
+    gram = g @ g.T
+    present = torch.tensor([True, True, False])
+    r = reference_reward(gram, clip=999.0, present=present)
+    assert r[2] == 0 and torch.allclose(r[:2], reference_reward(gram[:2, :2], clip=999.0))

@@ -74,7 +74,7 @@ class ACODMMixer(Mixer):
     def _reward(self, stats: StepStats) -> torch.Tensor:
         present = torch.as_tensor(stats.present)
         if self.vector:
-            r = reference_reward(stats.gram.cpu(), self.cfg.reward.clip)
+            r = reference_reward(stats.gram.cpu(), self.cfg.reward.clip, present)
             self.last_reward = r.numpy().astype(np.float64)
             return r
         if self.aligned:
