@@ -52,6 +52,11 @@ def state_path(root: str, iteration: int) -> str:
     return os.path.join(root, f"global_step{iteration}", "acodm", "state.pt")
 
 
+#: the evaluate_and_print_results arguments the per-domain evaluation binds by name
+EVAL_PARAMS = ("neox_args", "prefix", "forward_step_func", "data_iterator", "model", "iteration",
+               "verbose", "timers", "chart_name", "reference_model")
+
+
 class NeoXIntegration:
     """State of one ``pretrain`` call with an ``acodm`` block (held by closure, no globals)."""
 
@@ -80,14 +85,18 @@ class NeoXIntegration:
     # -- patches ------------------------------------------------------------------------------
     def build_patches(self) -> list[Patch]:
         return [
-            Patch("megatron.training:build_train_valid_test_data_loaders", self._wrap_build_loaders),
-            Patch("megatron.training:setup_model_and_optimizer", self._wrap_setup),
-            Patch("megatron.training:cross_entropy", self._wrap_cross_entropy),
-            Patch("megatron.training:shift_and_wrap_data_loaders", self._wrap_shift),
-            Patch("megatron.training:train_step", self._wrap_train_step),
-            Patch("megatron.training:forward_step", _wrap_forward_step),
-            Patch("megatron.training:evaluate_and_print_results", self._wrap_eval),
-            Patch("megatron.checkpointing:save_ds_checkpoint", self._wrap_save),
+            Patch("megatron.training:build_train_valid_test_data_loaders", self._wrap_build_loaders, params=("neox_args",)),
+            Patch("megatron.training:setup_model_and_optimizer", self._wrap_setup, params=("neox_args",)),
+            Patch("megatron.training:cross_entropy", self._wrap_cross_entropy, params=("output", "labels")),
+            Patch("megatron.training:shift_and_wrap_data_loaders", self._wrap_shift,
+                  params=("neox_args", "data_loaders")),
+            Patch("megatron.training:train_step", self._wrap_train_step, params=("neox_args",)),
+            Patch("megatron.training:forward_step", _wrap_forward_step,
+                  params=("data_iterator", "model", "neox_args", "timers", "return_logits")),
+            Patch("megatron.training:evaluate_and_print_results", self._wrap_eval,
+                  params=EVAL_PARAMS),
+            Patch("megatron.checkpointing:save_ds_checkpoint", self._wrap_save,
+                  params=("iteration", "model", "neox_args")),
         ]
 
     def _wrap_build_loaders(self, original):
@@ -314,7 +323,7 @@ def _wrap_pretrain(original):
     return pretrain
 
 
-GATE = Patch("megatron.training:pretrain", _wrap_pretrain)
+GATE = Patch("megatron.training:pretrain", _wrap_pretrain, params=("neox_args",))
 
 
 def apply(training_module) -> None:

@@ -166,3 +166,18 @@ def test_pipe_eval_output_has_one_shape_for_both_deepspeeds():
     assert eval_output_pair(pair, False) is pair  # DeeperSpeed: already a pair
     logits = (loss, torch.zeros(2))
     assert eval_output_pair(logits, True) is logits  # return_logits callers get what they asked for
+
+
+def test_every_neox_patch_declares_its_signature_and_is_documented():
+    from pathlib import Path
+
+    from neox_acodm.patches import neox_training
+
+    integ = object.__new__(neox_training.NeoXIntegration)  # build_patches needs no NeoX
+    patches = integ.build_patches() + [neox_training.GATE]
+    targets = [p.target for p in patches]
+    assert len(set(targets)) == len(targets)
+    assert all(p.params for p in patches), [p.target for p in patches if not p.params]
+    upstream = (Path(__file__).resolve().parents[1] / "patches" / "UPSTREAM.md").read_text()
+    for t in targets:
+        assert f"`{t.replace(':', '.')}`" in upstream, f"{t} is not documented in patches/UPSTREAM.md"
