@@ -116,6 +116,11 @@ class SamplingConfig:
         "iid", doc="How a step's micro-batches are drawn from the weights: `iid` draws (paper, "
         "reference code) or `stratified` (systematic sampling: counts floor/ceil of n*w, same "
         "expectation, far less per-step variance).")
+    max_epochs: float | None = _f(
+        None, doc="Warn (once per domain) when, at the current weights, a domain is projected to be "
+        "read more than this many times by the end of the run; null = no warning. The projected "
+        "epochs are logged as `acodm/projected_epochs/<domain>` either way.",
+        rng=(0.0, None, False, None))
     temperature: float = _f(
         1.0, doc="With `initial_weights: tokens`, weights are proportional to tokens^(1/temperature) "
         "(temperature sampling; 1 = natural mix, large = uniform).", rng=(0.0, None, False, None))

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import persist
+from .accounting import RepeatWatch, accounting_metrics
 from .config import ACODMConfig, ConfigError
 from .dist import all_reduce_sum, all_stage_keys, broadcast_weights, group_rank, group_size, sum_over
 from .mixers import Mixer, StepStats, build_mixer
@@ -90,6 +91,9 @@ class MixingRuntime:
         self.initial_weights = normalize_weights(init, cfg.sampling.min_weight, cfg.sampling.max_weight)
         self.weights = self.initial_weights.copy()
         self.cursors = DomainCursors(dataset_sizes, cfg.seed) if dataset_sizes is not None else None
+        self._tokens_per_sample = (np.asarray(token_counts, dtype=np.float64) / self.cursors.sizes
+                                   if token_counts is not None and self.cursors is not None else None)
+        self._repeat_watch = RepeatWatch(cfg.domain_names, cfg.sampling.max_epochs)
         self.step = 0
         self._plan: StepPlan | None = None
         self._starts: np.ndarray | None = None
@@ -277,6 +281,14 @@ class MixingRuntime:
                             for n, r in zip(self.cfg.domain_names, self.mixer.last_reward)})
         metrics.update(self.mixer.last_metrics)
         metrics["reward_path_seconds"] = sum(self.timings.values())
+        if self.cursors is not None:  # the cursors have consumed this step's samples already
+            steps_left = self.total_steps - self.step - 1
+            n = self.dp_size * self.grad_accum * self.micro_batch
+            acct = accounting_metrics(self.cfg.domain_names, self.cursors.positions, self.cursors.sizes, new,
+                                      steps_left, n, self._tokens_per_sample)
+            metrics.update(acct)
+            self._repeat_watch.check(np.array([acct[f"projected_epochs/{d}"] for d in self.cfg.domain_names]),
+                                     self.step + 1)
         return new, metrics
 
     # -- persistence (see persist.py: collective, verified, transactional) -------------------

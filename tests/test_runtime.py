@@ -158,3 +158,25 @@ def test_selectors_resolve_positions_across_pipeline_stages():
     assert [p.layer for p in select_params(stage0, sel, keys=keys)] == [2]
     assert [p.layer for p in select_params(model, sel, keys=keys)] == [5, 2]
     assert select_params(stage0, ParamSelector(layers=(-1,)), keys=keys) == []
+
+
+def test_token_accounting_and_repeat_warning(caplog):
+    cfg = tiny_cfg("static", sampling={"max_epochs": 2.0}, total_steps=100)
+    rt, model, opt = make(cfg, token_counts=[500, 600, 700])
+    with caplog.at_level("WARNING", logger="neox_acodm.accounting"):
+        for _ in range(5):
+            opt.zero_grad()
+            for g, (d, idx) in enumerate(rt.micro_batches()):
+                rt.begin_microbatch(g)
+                model.loss(torch.randint(0, 32, (2, 9))).backward()
+                rt.record_loss(d, torch.tensor(1.0))
+            metrics = rt.end_step()
+    pos, sizes = rt.cursors.positions, rt.cursors.sizes
+    assert sum(pos) == 5 * 8
+    assert metrics["epochs/d0"] == pytest.approx(pos[0] / sizes[0])
+    expect = (pos[2] + rt.weights[2] * 95 * 8) / sizes[2]  # 95 steps left x 4 micro-batches x 2 samples
+    assert metrics["projected_epochs/d2"] == pytest.approx(expect)
+    assert metrics["tokens/d1"] == pytest.approx(pos[1] * 600 / 60)
+    # 800 samples at weights (1, 2, 3) / 6 over domains of 50-70 samples: all read > 2 times
+    assert "will have been read" in caplog.text and "max_epochs=2" in caplog.text
+    assert all(caplog.text.count(f"'d{i}'") == 1 for i in range(3))  # once per domain
