@@ -35,6 +35,29 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_schedule(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .schedule import from_weights
+
+    try:
+        report = json.loads(Path(args.report).read_text())
+        run = report["runs"][args.mixer][str(args.seed)]
+        history = run["weights_curve"][:-1]  # row t = the weights of step t
+    except (OSError, ValueError, KeyError) as e:
+        sys.stderr.write(f"error: {args.report}: no weights for mixer {args.mixer!r} seed {args.seed} "
+                         f"({type(e).__name__}: {e})\n")
+        return 2
+    sched = from_weights(report["domains"], history, every=args.every)
+    sched.save(args.out)
+    sys.stderr.write(f"wrote {args.out}: {len(sched.starts)} phases over {len(history)} steps; replay with "
+                     f"`mixer: static` and `schedule_path: {args.out}`\n")
+    if args.megatron:
+        for start, blend in zip(sched.starts, sched.megatron_blends()):
+            sys.stdout.write(f"{start}\t--data-path {blend}\n")
+    return 0
+
+
 PTH_NAME = "neox_acodm.pth"
 PTH_LINE = "import neox_acodm._bootstrap\n"
 
@@ -80,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--remove", action="store_true")
     h.add_argument("--site", default=None, help="site-packages directory (default: this environment's)")
     h.set_defaults(func=_install_hook)
+
+    e = sub.add_parser("export-schedule", help="write a run's realised weights as a replayable schedule",
+                       description="Example: neox-acodm export-schedule --report bench/report.json --mixer acodm "
+                                   "--seed 1 --out acodm.schedule.yml --every 20")
+    e.add_argument("--report", required=True, help="a bench-mix/demo report.json")
+    e.add_argument("--mixer", required=True)
+    e.add_argument("--seed", type=int, required=True)
+    e.add_argument("--out", required=True, help="schedule YAML to write")
+    e.add_argument("--every", type=int, default=1, help="average over blocks of N steps (coarser phases)")
+    e.add_argument("--megatron", action="store_true", help="also print one --data-path blend per phase")
+    e.set_defaults(func=_export_schedule)
 
     for register in _subcommand_registrars():
         register(sub)

@@ -75,6 +75,10 @@ class ACODMConfig:
     state: StateConfig = _f(factory=StateConfig, doc="See `acodm.state.*`.")
     proxy: ProxyConfig = _f(factory=ProxyConfig, doc="See `acodm.proxy.*`.")
     gram: GramMixerConfig = _f(factory=lambda: GramMixerConfig(), doc="See `acodm.gram.*`.")
+    schedule_path: str | None = _f(
+        None, doc="With `mixer: static`: replay this weight schedule step by step (written by "
+        "`neox-acodm export-schedule`; its domains must equal `domains`). The schedule's weights are "
+        "used exactly as written.")
     collective_timeout_s: float = _f(
         600.0, doc="Seconds any collective of the plugin may wait before it raises an error naming "
         "itself (a failed or missing rank then stops the job instead of hanging it; gloo and CPU "
@@ -114,6 +118,9 @@ class ACODMConfig:
             raise ConfigError(f"{path}.state.include_reward: a proxy target computes no rewards, so "
                               f"the transferred actor would see zeros where it was trained on "
                               f"estimates; set it false for proxy runs")
+        if self.schedule_path is not None and self.mixer != "static":
+            raise ConfigError(f"{path}.schedule_path: replaying a schedule needs mixer 'static', got "
+                              f"{self.mixer!r}")
         if self.proxy.role != "none" and self.mixer != "acodm":
             raise ConfigError(f"{path}.proxy.role: proxy mode needs mixer 'acodm', got "
                               f"{self.mixer!r}")

@@ -89,6 +89,10 @@ class MixingRuntime:
         self.is_owner = group_rank(group) == 0
         init = resolve_initial_weights(cfg, token_counts)
         self.initial_weights = normalize_weights(init, cfg.sampling.min_weight, cfg.sampling.max_weight)
+        if cfg.schedule_path:  # a replay starts exactly where the recorded run started
+            from .schedule import load_schedule
+
+            self.initial_weights = load_schedule(cfg.schedule_path, cfg.domain_names).weights_at(0)
         self.weights = self.initial_weights.copy()
         self.cursors = DomainCursors(dataset_sizes, cfg.seed) if dataset_sizes is not None else None
         self._tokens_per_sample = (np.asarray(token_counts, dtype=np.float64) / self.cursors.sizes
@@ -267,7 +271,12 @@ class MixingRuntime:
         with torch.profiler.record_function("acodm/mixer_update"):
             proposal = self.mixer.update(stats)
         try:
-            new = normalize_weights(proposal, self.cfg.sampling.min_weight, self.cfg.sampling.max_weight)
+            if getattr(self.mixer, "final_weights", False):
+                new = normalize_weights(proposal, 0.0, 1.0)  # validates; a schedule's weights stand
+                if np.max(np.abs(new - proposal)) < 1e-9:
+                    new = np.asarray(proposal, dtype=np.float64).copy()
+            else:
+                new = normalize_weights(proposal, self.cfg.sampling.min_weight, self.cfg.sampling.max_weight)
         except ValueError as e:
             self.skipped_steps += 1
             logger.warning("acodm: mixer proposed invalid weights at step %d (%s); keeping the "

@@ -20,6 +20,10 @@ def build_mixer(cfg: ACODMConfig, initial_weights: np.ndarray, num_norm_layers: 
                 total_steps: int, device: torch.device | str = "cpu") -> Mixer:
     """The mixer named by ``cfg.mixer``."""
     if cfg.mixer == "static":
+        if cfg.schedule_path:
+            from ..schedule import load_schedule
+
+            return StaticMixer(initial_weights, load_schedule(cfg.schedule_path, cfg.domain_names))
         return StaticMixer(initial_weights)
     if cfg.mixer == "odm":
         return ODMMixer(initial_weights, cfg.odm)
