@@ -47,12 +47,13 @@ class RepeatWatch:
 
 
 def accounting_metrics(names, positions, sizes, weights, steps_left, samples_per_step,
-                       tokens_per_sample: np.ndarray | None) -> dict[str, float]:
-    """``epochs/<d>``, ``projected_epochs/<d>`` and (with token counts) ``tokens/<d>``."""
+                       tokens_per_sample: np.ndarray | None) -> tuple[dict[str, float], np.ndarray]:
+    """(``epochs/<d>``, ``projected_epochs/<d>`` and, with token counts, ``tokens/<d>``; the
+    projected epochs [K])."""
     read = epochs_read(positions, sizes)
     proj = projected_epochs(positions, sizes, weights, steps_left, samples_per_step)
     out = {f"epochs/{n}": float(e) for n, e in zip(names, read)}
     out.update({f"projected_epochs/{n}": float(e) for n, e in zip(names, proj)})
     if tokens_per_sample is not None:
         out.update({f"tokens/{n}": float(p * t) for n, p, t in zip(names, positions, tokens_per_sample)})
-    return out
+    return out, proj

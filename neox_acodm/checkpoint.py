@@ -46,21 +46,19 @@ def _remove_stale_temporaries(path: Path) -> None:
             pass
 
 
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """Write ``obj`` to a temp file in the same directory, fsync, then rename over ``path``:
+def atomic_write(path: str | os.PathLike, *chunks: bytes) -> None:
+    """Write ``chunks`` to a temp file in the same directory, fsync, then rename over ``path``:
     a crash leaves either the old file or the new one, never a torn file. The file gets the
-    permissions of a normally created file (0666 & ~umask)."""
+    permissions of a normally created file (0666 & ~umask); temporaries of ``path`` left by a
+    killed write are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(path)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    payload = buf.getvalue()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n")
-            f.write(payload)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
@@ -74,6 +72,14 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """:func:`atomic_write` of ``obj`` (``torch.save``) behind a checksummed header."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    atomic_write(path, _MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n", payload)
 
 
 def load(path: str | os.PathLike) -> dict:

@@ -52,7 +52,10 @@ class GradientProbe:
         self.buffer = torch.zeros(num_domains, width, dtype=torch.float32, device=device)
         # lagged: keep last step's per-domain mean gradients [K, width] for <g_i(t), g_j(t-1)>
         self.lagged = lagged
-        self._prev_mean: torch.Tensor | None = None
+        # two preallocated [K, width] buffers, swapped every step (no allocation on the hot path)
+        self._mean = torch.zeros_like(self.buffer) if lagged else None
+        self._prev_mean = torch.zeros_like(self.buffer) if lagged else None
+        self._has_prev = False
         self.lagged_gram: torch.Tensor | None = None
         # this step's micro-batch domains on this rank, pulled lazily from the plan at the first
         # gradient of a step (ranks that load no data, e.g. middle pipeline stages, included)
@@ -109,9 +112,9 @@ class GradientProbe:
         inv = torch.where(counts > 0, 1.0 / counts.to(torch.float64).clamp_min(1), 0.0).to(gram.device)
         gram = (gram.to(torch.float64) * inv[:, None] * inv[None, :]).to(torch.float32)
         if self.lagged:  # [K, K] <g_i(t), g_j(t-1)> of this rank's tensors (partial under TP/PP)
-            mean = self.buffer * inv.to(self.buffer.device, torch.float32)[:, None]
-            self.lagged_gram = None if self._prev_mean is None else (mean @ self._prev_mean.T).float()
-            self._prev_mean = mean
+            torch.mul(self.buffer, inv.to(self.buffer.device, torch.float32)[:, None], out=self._mean)
+            self.lagged_gram = self._mean @ self._prev_mean.T if self._has_prev else None
+            self._mean, self._prev_mean, self._has_prev = self._prev_mean, self._mean, True
         self.buffer.zero_()
         self._domains = None
         self._calls = [0] * len(self.params)
@@ -127,7 +130,7 @@ class GradientProbe:
 
     def state_dict(self) -> dict:
         """The lagged buffer (empty unless ``lagged``): resume must see the same g(t-1)."""
-        return {"prev_mean": None if self._prev_mean is None else self._prev_mean.cpu()}
+        return {"prev_mean": self._prev_mean.cpu() if self.lagged and self._has_prev else None}
 
     def check_state(self, state, path: str) -> None:
         from .checkpoint import CheckpointError
@@ -139,4 +142,6 @@ class GradientProbe:
 
     def load_state_dict(self, state: dict) -> None:
         prev = state.get("prev_mean")
-        self._prev_mean = None if prev is None else prev.to(self.buffer.device)
+        self._has_prev = prev is not None
+        if prev is not None:
+            self._prev_mean.copy_(prev)

@@ -34,6 +34,8 @@ from .probe import GradientProbe
 from .selectors import chosen_layer_keys, matching_layer_keys, select_params
 from .state import ParamNorms
 
+__all__ = ["MixingRuntime", "PlanIterator", "resolve_initial_weights"]
+
 logger = logging.getLogger(__name__)
 
 
@@ -256,22 +258,18 @@ class MixingRuntime:
         stats = StepStats(step=self.step, weights=self.weights.copy(), probs=plan.probs,
                           counts=plan.counts, loss=loss, gram=gram, norms=norms, update_norms=upd,
                           inclusion=plan.inclusion, lagged_gram=lagged)
-        if skipped:
+        if skipped or not stats.is_finite():
             self.skipped_steps += 1
             self.mixer.skip(stats)
-            logger.warning("acodm: step %d was not applied by the optimizer (loss-scale overflow); "
-                           "the mixer is not updated and the weights are kept", self.step)
-            return self.weights, {"skipped": 1.0}
-        if not stats.is_finite():
-            self.skipped_steps += 1
-            self.mixer.skip(stats)
-            logger.warning("acodm: step %d has non-finite statistics (loss %s); the mixer is not "
-                           "updated and the weights are kept", self.step, loss)
+            why = ("was not applied by the optimizer (loss-scale overflow)" if skipped
+                   else f"has non-finite statistics (loss {loss})")
+            logger.warning("acodm: step %d %s; the mixer is not updated and the weights are kept",
+                           self.step, why)
             return self.weights, {"skipped": 1.0}
         with torch.profiler.record_function("acodm/mixer_update"):
             proposal = self.mixer.update(stats)
         try:
-            if getattr(self.mixer, "final_weights", False):
+            if self.mixer.final_weights:
                 new = normalize_weights(proposal, 0.0, 1.0)  # validates; a schedule's weights stand
                 if np.max(np.abs(new - proposal)) < 1e-9:
                     new = np.asarray(proposal, dtype=np.float64).copy()
@@ -293,11 +291,10 @@ class MixingRuntime:
         if self.cursors is not None:  # the cursors have consumed this step's samples already
             steps_left = self.total_steps - self.step - 1
             n = self.dp_size * self.grad_accum * self.micro_batch
-            acct = accounting_metrics(self.cfg.domain_names, self.cursors.positions, self.cursors.sizes, new,
-                                      steps_left, n, self._tokens_per_sample)
+            acct, projected = accounting_metrics(self.cfg.domain_names, self.cursors.positions,
+                                                 self.cursors.sizes, new, steps_left, n, self._tokens_per_sample)
             metrics.update(acct)
-            self._repeat_watch.check(np.array([acct[f"projected_epochs/{d}"] for d in self.cfg.domain_names]),
-                                     self.step + 1)
+            self._repeat_watch.check(projected, self.step + 1)
         return new, metrics
 
     # -- persistence (see persist.py: collective, verified, transactional) -------------------
@@ -324,4 +321,4 @@ class MixingRuntime:
             self.probe.remove()
 
 
-from .plan_iterator import PlanIterator  # noqa: E402,F401  (re-export for the adapters)
+from .plan_iterator import PlanIterator  # noqa: E402  (re-export for the adapters)

@@ -56,8 +56,9 @@ def from_weights(domains, history, every: int = 1) -> Schedule:
     h = np.asarray(history, dtype=np.float64)
     if h.ndim != 2 or h.shape[1] != len(domains) or h.shape[0] == 0:
         raise ValueError(f"weight history must be [T, {len(domains)}], got {h.shape}")
-    if every > 1:
-        h = np.stack([h[i:i + every].mean(0) for i in range(0, len(h), every) for _ in range(min(every, len(h) - i))])
+    if every > 1:  # every step of a block gets the block's mean
+        blocks = [h[i:i + every] for i in range(0, len(h), every)]
+        h = np.concatenate([np.repeat(b.mean(0, keepdims=True), len(b), axis=0) for b in blocks])
         h = h / h.sum(1, keepdims=True)
     starts, rows = [0], [h[0]]
     for t in range(1, len(h)):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..checkpoint import atomic_write
 
 
 def _rounded(obj, digits: int = 6):
@@ -23,13 +23,7 @@ def _rounded(obj, digits: int = 6):
 
 
 def write_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(_rounded(obj), f, separators=(",", ":"))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(_rounded(obj), separators=(",", ":")).encode())
 
 
 def _fmt_ci(p: dict) -> str:

@@ -55,6 +55,9 @@ class Mixer(ABC):
     needs_gram: bool = False
     #: True if :meth:`update` needs norm-layer statistics
     needs_norms: bool = False
+    #: True if :meth:`update` returns weights to use exactly as they are (a replayed schedule):
+    #: the runtime validates them but does not re-project them onto the weight bounds
+    final_weights: bool = False
 
     def __init__(self, initial_weights: np.ndarray):
         self.initial = np.asarray(initial_weights, dtype=np.float64)

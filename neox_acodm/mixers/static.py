@@ -12,8 +12,7 @@ class StaticMixer(Mixer):
     def __init__(self, initial_weights: np.ndarray, schedule=None):
         super().__init__(initial_weights)
         self.schedule = schedule
-        #: a schedule's weights are used exactly as written (no re-normalisation), so a replay
-        #: plans exactly what the recorded run planned
+        # a schedule's weights are used exactly as written, so a replay plans what the run planned
         self.final_weights = schedule is not None
 
     def update(self, stats: StepStats) -> np.ndarray:
