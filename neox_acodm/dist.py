@@ -48,7 +48,7 @@ def agree(error: BaseException | None, group=None, timeout: float | None = None,
     """Collective: raise on every rank of ``group`` if ``error`` is set on any rank.
 
     The failing rank re-raises its own exception; the others raise :class:`RemoteFailure`
-    carrying the lowest failing rank's message. Not distributed: re-raises ``error``.
+    carrying the highest failing rank's message. Not distributed: re-raises ``error``.
     """
     if not is_distributed(group):
         if error is not None:
