@@ -77,7 +77,7 @@ setup(
     # the top-level patches/ folder is installed as neox_acodm.patches
     packages=find_packages(include=["neox_acodm", "neox_acodm.*"]) + ["neox_acodm.patches"],
     package_dir={"neox_acodm.patches": "patches"},
-    package_data={"neox_acodm.benchmix": ["scenarios/*.yml"]},
+    package_data={"neox_acodm.benchmix": ["scenarios/*.yml"], "neox_acodm": ["domain_lists/*.yml"]},
     install_requires=["torch>=2.1", "numpy", "pyyaml", "sentencepiece", "pybind11"],
     extras_require={
         "dev": ["pytest"],
@@ -85,6 +85,8 @@ setup(
         "demo": ["transformers>=4.38", "megatron-core>=0.16", "matplotlib", "tqdm"],
         # GPT-NeoX path and its CPU tests (install with DS_BUILD_OPS=0 on machines without CUDA)
         "neox": ["deepspeed>=0.14"],
+        # neox-acodm report: TensorBoard's event reader and the plots
+        "report": ["tensorboard", "matplotlib"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -205,7 +205,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench-reward", help="time the reward kernels (torch vs extension)")
+    p = sub.add_parser("bench-reward", help="time the reward kernels (torch vs extension)",
+                       description="Example: neox-acodm bench-reward --D 22 --P 4194304 --device cuda "
+                                   "--step-model 410m")
     p.add_argument("--D", type=int, default=22, help="domains")
     p.add_argument("--P", type=int, nargs="+", default=[4_194_304], help="selected elements (several allowed)")
     p.add_argument("--k", type=int, default=16384, help="count-sketch width")

@@ -94,12 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"neox-acodm {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("check-config", help="validate an acodm block and print the resolved config")
+    c = sub.add_parser("check-config", help="validate an acodm block and print the resolved config",
+                       description="Example: neox-acodm check-config configs/acodm/pythia-410m.yml")
     c.add_argument("file", nargs="?", help="a NeoX YAML with an `acodm:` block, or the block itself")
     c.add_argument("--reference", action="store_true", help="print the config reference (markdown)")
     c.set_defaults(func=_check_config)
 
-    h = sub.add_parser("install-hook", help="install (or --remove) the .pth start-up hook for GPT-NeoX")
+    h = sub.add_parser("install-hook", help="install (or --remove) the .pth start-up hook for GPT-NeoX",
+                       description="Example: neox-acodm install-hook   (once per environment that runs NeoX)")
     h.add_argument("--remove", action="store_true")
     h.add_argument("--site", default=None, help="site-packages directory (default: this environment's)")
     h.set_defaults(func=_install_hook)
@@ -122,9 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _subcommand_registrars():
     """Subcommands defined next to their implementation."""
-    from . import bench, benchmix, demo
+    from . import bench, benchmix, demo, report
 
-    return [bench.register, benchmix.register, demo.register]
+    return [bench.register, benchmix.register, demo.register, report.register]
 
 
 def main(argv: list[str] | None = None) -> int:

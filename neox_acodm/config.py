@@ -48,7 +48,8 @@ __all__ = [
 class ACODMConfig:
     """The whole ``acodm:`` block."""
 
-    domains: tuple[DomainSpec, ...] = _f(doc="Ordered list of domains (required).")
+    domains: tuple[DomainSpec, ...] = _f(doc="Ordered list of domains (required), or the name of a "
+                                         "YAML file holding it (e.g. the bundled `pile-22.yml`).")
     preset: Literal["paper", "aligned"] = _f(
         "paper", doc="Defaults under the keys you set: `paper` = the field defaults below (the "
         "paper's AC-ODM); `aligned` = the improved AC-ODM measured by `bench-mix` (see "
@@ -84,6 +85,9 @@ class ACODMConfig:
         "itself (a failed or missing rank then stops the job instead of hanging it; gloo and CPU "
         "side; NCCL work also obeys the process group's own timeout).", rng=(0.0, None, False, None))
     log_interval: int = _f(1, doc="Steps between `acodm/*` metric logs.", rng=(1, None, True, None))
+    shadow: bool = _f(False, doc="Shadow mode: the mixer runs and learns, but every step is planned "
+                      "with the initial weights (the static plan, identical data and losses); the "
+                      "weights it would choose are logged as `acodm/shadow_weight/<domain>`.")
 
     def _check(self, path: str) -> None:
         """Cross-field checks (called by the typed-YAML engine after the fields)."""
@@ -121,6 +125,9 @@ class ACODMConfig:
         if self.schedule_path is not None and self.mixer != "static":
             raise ConfigError(f"{path}.schedule_path: replaying a schedule needs mixer 'static', got "
                               f"{self.mixer!r}")
+        if self.shadow and self.mixer == "static":
+            raise ConfigError(f"{path}.shadow: shadow mode observes a mixer that chooses weights "
+                              f"(odm, acodm, gram_softmax); mixer 'static' has nothing to shadow")
         if self.proxy.role != "none" and self.mixer != "acodm":
             raise ConfigError(f"{path}.proxy.role: proxy mode needs mixer 'acodm', got "
                               f"{self.mixer!r}")
@@ -183,11 +190,38 @@ def apply_preset(block: Any, path: str = "acodm") -> Any:
     return _merge(PRESETS[name], block)
 
 
-def parse_config(block: Any, path: str = "acodm") -> ACODMConfig:
-    """Parse the ``acodm:`` mapping (already loaded from YAML/JSON) into :class:`ACODMConfig`."""
+#: where ``domains: <file>`` looks last: the lists shipped with the package (``pile-22.yml``)
+DOMAIN_LISTS = Path(__file__).resolve().parent / "domain_lists"
+
+
+def include_domains(block: Any, path: str = "acodm", base_dir: str | Path | None = None) -> Any:
+    """``domains: <file>``: the block with the domain list read from a YAML file (a list, or a
+    mapping with ``domains:``). A relative name is looked up in ``base_dir`` (the including
+    file's folder), the working directory, then :data:`DOMAIN_LISTS`."""
+    if not isinstance(block, dict) or not isinstance(block.get("domains"), str):
+        return block
+    name = Path(block["domains"])
+    tried = [name] if name.is_absolute() else [
+        *([Path(base_dir) / name] if base_dir is not None else []), Path.cwd() / name, DOMAIN_LISTS / name]
+    file = next((f for f in tried if f.is_file()), None)
+    if file is None:
+        raise ConfigError(f"{path}.domains: domain list file {str(name)!r} not found (looked in "
+                          f"{', '.join(str(f.parent) for f in tried)}); give a list or an existing file")
+    data = load_yaml(file.read_bytes(), str(file))
+    if isinstance(data, dict) and "domains" in data:
+        data = data["domains"]
+    if not isinstance(data, list):
+        raise ConfigError(f"{path}.domains: {file} must hold a list of domains (or a mapping with "
+                          f"`domains:`), got {type(data).__name__}")
+    return {**block, "domains": data}
+
+
+def parse_config(block: Any, path: str = "acodm", base_dir: str | Path | None = None) -> ACODMConfig:
+    """Parse the ``acodm:`` mapping (already loaded from YAML/JSON) into :class:`ACODMConfig`.
+    ``base_dir``: where a relative ``domains: <file>`` is looked up first."""
     if isinstance(block, ACODMConfig):
         return block
-    return _build(ACODMConfig, apply_preset(block, path), path)
+    return _build(ACODMConfig, apply_preset(include_domains(block, path, base_dir), path), path)
 
 
 def load_config(file: str | Path) -> ACODMConfig:
@@ -203,9 +237,9 @@ def load_config(file: str | Path) -> ACODMConfig:
         raise ConfigError(f"{file}: expected a mapping at top level")
     try:
         if "acodm" in data:
-            return parse_config(data["acodm"])
+            return parse_config(data["acodm"], base_dir=file.parent)
         if "domains" in data:
-            return parse_config(data)
+            return parse_config(data, base_dir=file.parent)
     except RecursionError:
         raise ConfigError(f"{file}: the acodm block nests too deeply") from None
     keys = [str(k) for k in data]

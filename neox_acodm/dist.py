@@ -10,6 +10,7 @@ rank that died or skipped a call fails the job instead of leaving the others wai
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -142,3 +143,49 @@ def all_stage_keys(local_keys: list[int], pipe_group) -> list[int]:
     gathered: list = [None] * group_size(pipe_group)
     dist.all_gather_object(gathered, local_keys, group=pipe_group)
     return sorted({k for part in gathered for k in part})
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """Where this rank sits; built once by each adapter from its framework's groups.
+
+    dp_size, dp_rank: data parallelism (each DP rank loads its own micro-batches).
+    group: owner election + weight broadcast (None = world); the owner is its rank 0.
+    dp_group: sums per-domain losses/gradients over data parallelism (None = world).
+    partial_sum_group: tensor parallelism: partial Grams/norms of the shards summed here.
+    pipe_group: pipeline parallelism: stages' partial Grams/norms summed here, and losses
+        (computed on the last stage) reach every stage (None = no such parallelism).
+    comm_device: device of the tensors in these collectives (NCCL needs CUDA).
+    """
+
+    dp_size: int = 1
+    dp_rank: int = 0
+    group: object = None
+    dp_group: object = None
+    partial_sum_group: object = None
+    pipe_group: object = None
+    comm_device: str | torch.device = "cpu"
+
+    def __post_init__(self):
+        if not 0 <= self.dp_rank < self.dp_size:
+            raise ValueError(f"ParallelLayout: dp_rank {self.dp_rank} is outside dp_size {self.dp_size}")
+        object.__setattr__(self, "comm_device", torch.device(self.comm_device))
+
+    @property
+    def staged(self) -> bool:
+        """The model is split into pipeline stages (this rank holds some layers)."""
+        return group_size(self.pipe_group) > 1
+
+    @property
+    def sharded(self) -> bool:
+        """This rank holds part of the model (tensor or pipeline parallelism)."""
+        return self.staged or group_size(self.partial_sum_group) > 1
+
+    def sum_partials(self, t: torch.Tensor, timeout: float | None, what: str) -> torch.Tensor:
+        """Sum a per-rank partial statistic over the TP shards and the pipeline stages; CPU result."""
+        t = t.to(self.comm_device)
+        return sum_over(sum_over(t, self.partial_sum_group, timeout, what), self.pipe_group, timeout, what).cpu()
+
+    def all_stages(self):
+        """For :func:`selectors.resolve_selection`: the layer-key union over stages, or None."""
+        return (lambda keys: all_stage_keys(keys, self.pipe_group)) if self.staged else None

@@ -17,7 +17,12 @@ PREFIX = "acodm/"
 
 #: per-domain families and their meaning (the TensorBoard tags are acodm/<family>/<domain>)
 FAMILIES = {"weight": "sampling weight of the next step", "loss": "mean training loss this step",
-            "reward": "per-domain reward estimate", "val_ppl": "validation perplexity"}
+            "reward": "per-domain reward estimate", "val_ppl": "validation perplexity",
+            "epochs": "epochs of the domain read so far", "projected_epochs": "epochs by the run's end "
+            "at the current weights", "tokens": "tokens of the domain read so far",
+            "shadow_weight": "shadow mode: the weight the mixer would have chosen"}
+#: pair family: acodm/grad_cos/<a>/<b>, cosine of two domains' mean gradients (logged steps)
+PAIR_FAMILY = "grad_cos"
 
 
 def tag(key: str) -> str:
@@ -40,9 +45,10 @@ class MetricsSink:
         self.group, self.is_owner, self.timeout = group, is_owner, timeout
         self.written = 0
 
-    def write(self, step: int, metrics: dict[str, float]) -> None:
-        """Every rank calls this after each step (a collective at logged steps when broadcasting)."""
-        if step % self.log_interval:
+    def write(self, step: int, metrics: dict[str, float], logged: bool | None = None) -> None:
+        """Every rank calls this after each step (a collective at logged steps when broadcasting).
+        ``logged``: write at this step whatever ``log_interval`` says (e.g. an evaluation)."""
+        if not (step % self.log_interval == 0 if logged is None else logged):
             return
         if self.route == "broadcast":
             metrics = broadcast_object(metrics if self.is_owner else None, self.group, self.timeout,

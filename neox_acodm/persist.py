@@ -30,7 +30,7 @@ _LOCAL = ("mixer", "norms", "probe")
 
 
 def state_dict(rt: "MixingRuntime") -> dict:
-    if rt._plan is not None:
+    if rt.in_step:
         raise RuntimeError("acodm state saved in the middle of a step; save after end_step()")
     return {
         "version": checkpoint.SCHEMA_VERSION, "mixer_kind": rt.cfg.mixer,
@@ -123,7 +123,7 @@ def _stage_local(rt: "MixingRuntime", state: dict, path: str):
 
 
 def load(rt: "MixingRuntime", path: str) -> None:
-    """Collective over ``rt.group``; see the module docstring."""
+    """Collective over ``rt.layout.group``; see the module docstring."""
     error, state, mixer = None, None, None
     if rt.is_owner:
         try:
@@ -132,9 +132,9 @@ def load(rt: "MixingRuntime", path: str) -> None:
             mixer = _stage_local(rt, state, path)
         except (CheckpointError, FileNotFoundError) as e:
             error = e
-    agree(error, rt.group, rt.timeout, f"loading {path}", rt.comm_device)
-    if is_distributed(rt.group):
-        glob = broadcast_object({k: state[k] for k in _GLOBAL} if rt.is_owner else None, rt.group,
+    agree(error, rt.layout.group, rt.timeout, f"loading {path}", rt.layout.comm_device)
+    if is_distributed(rt.layout.group):
+        glob = broadcast_object({k: state[k] for k in _GLOBAL} if rt.is_owner else None, rt.layout.group,
                                 rt.timeout, f"loading {path}")
         if not rt.is_owner:
             state = dict(glob)
@@ -145,7 +145,7 @@ def load(rt: "MixingRuntime", path: str) -> None:
         cursors = _stage_global(rt, state, path)
     except CheckpointError as e:
         error = e
-    agree(error, rt.group, rt.timeout, f"loading {path}", rt.comm_device)
+    agree(error, rt.layout.group, rt.timeout, f"loading {path}", rt.layout.comm_device)
     # every rank staged without error: apply (nothing below can fail on valid input)
     rt.step = int(state["step"])
     rt.weights = state["weights"].double().numpy().copy()
@@ -158,11 +158,11 @@ def load(rt: "MixingRuntime", path: str) -> None:
         rt.norms.load_state_dict(state["norms"])
     if rt.is_owner and rt.probe is not None and rt.probe.lagged and state.get("probe") is not None:
         rt.probe.load_state_dict(state["probe"])
-    rt._plan, rt._starts = None, None
+    rt._begin_step()
 
 
 def save(rt: "MixingRuntime", path: str) -> None:
-    """Collective over ``rt.group``: the owner writes, every rank learns whether it worked."""
+    """Collective over ``rt.layout.group``: the owner writes, every rank learns whether it worked."""
     error = None
     if rt.is_owner:
         try:
@@ -170,4 +170,4 @@ def save(rt: "MixingRuntime", path: str) -> None:
             rt.export_policy()
         except (OSError, RuntimeError, ValueError) as e:
             error = e
-    agree(error, rt.group, rt.timeout, f"saving {path}", rt.comm_device)
+    agree(error, rt.layout.group, rt.timeout, f"saving {path}", rt.layout.comm_device)

@@ -17,7 +17,7 @@ Nothing is copied to the host per micro-batch.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -30,8 +30,7 @@ class GradientProbe:
     """Accumulates per-domain gradients of ``params`` for one optimizer step at a time."""
 
     def __init__(self, params: list[SelectedParam], num_domains: int, estimator: str,
-                 sketch_dim: int, sketch_seed: int, ops: Ops,
-                 domain_source: Callable[[], Sequence[int]] | None = None, lagged: bool = False):
+                 sketch_dim: int, sketch_seed: int, ops: Ops, lagged: bool = False):
         if not params:
             raise ValueError("GradientProbe needs at least one parameter")
         self.params = params
@@ -57,10 +56,9 @@ class GradientProbe:
         self._prev_mean = torch.zeros_like(self.buffer) if lagged else None
         self._has_prev = False
         self.lagged_gram: torch.Tensor | None = None
-        # this step's micro-batch domains on this rank, pulled lazily from the plan at the first
-        # gradient of a step (ranks that load no data, e.g. middle pipeline stages, included)
-        self.domain_source = domain_source
-        self._domains: list[int] | None = None
+        # this step's micro-batch domains on this rank, handed down by the runtime when it plans
+        # the step (ranks that load no data, e.g. middle pipeline stages, included)
+        self._domains: list[int] = []
         self._calls = [0] * len(params)
         self._scale = 1.0
         self.hook_calls = 0
@@ -71,10 +69,6 @@ class GradientProbe:
     # -- hot path ---------------------------------------------------------------------------
     def _make_hook(self, k: int, offset: int):
         def hook(grad: torch.Tensor):
-            if self._domains is None:
-                if self.domain_source is None:
-                    return None
-                self._domains = [int(d) for d in self.domain_source()]
             n = self._calls[k]
             if n >= len(self._domains):  # a backward outside the plan (e.g. user code)
                 return None
@@ -93,6 +87,12 @@ class GradientProbe:
             return None
 
         return hook
+
+    def begin_step(self, domains: Sequence[int]) -> None:
+        """This rank's micro-batch domains of the step now starting, in plan order: the n-th
+        gradient a selected tensor receives is added to domain ``domains[n]``."""
+        self._domains = [int(d) for d in domains]
+        self._calls = [0] * len(self.params)
 
     def set_grad_scale(self, grad_scale: float) -> None:
         """Gradients are multiplied by ``grad_scale`` (pass ``grad_accum / loss_scale`` to undo
@@ -116,7 +116,7 @@ class GradientProbe:
             self.lagged_gram = self._mean @ self._prev_mean.T if self._has_prev else None
             self._mean, self._prev_mean, self._has_prev = self._prev_mean, self._mean, True
         self.buffer.zero_()
-        self._domains = None
+        self._domains = []  # gradients after the step's end and before the next plan are not ours
         self._calls = [0] * len(self.params)
         return gram
 

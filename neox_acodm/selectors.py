@@ -8,6 +8,7 @@ numeric component of their qualified name, then picked by position. No parameter
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -118,3 +119,31 @@ def select_params(model: torch.nn.Module, selector: ParamSelector, what: str = "
             raise ConfigError(f"{what}.param: module {name!r} has no parameter {selector.param!r}")
         out.append(SelectedParam(f"{name}.{selector.param}", layer, p))
     return out
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A resolved selector: this rank's tensors and where they sit in the whole model.
+
+    params: the selected tensors this rank (pipeline stage) owns, in layer order.
+    positions: [len(params)] index of each among all chosen layers of the model.
+    num_layers: chosen layers in the whole model (all stages), >= len(params).
+    """
+
+    params: list[SelectedParam]
+    positions: list[int]
+    num_layers: int
+
+
+def resolve_selection(model: torch.nn.Module, selector: ParamSelector, what: str,
+                      all_stages: Callable[[list[int]], list[int]] | None = None) -> Selection:
+    """The one selector lookup. ``all_stages``: under pipeline parallelism, maps this stage's
+    matching layer keys to the union over all stages (a collective, e.g. ``dist.all_stage_keys``),
+    so ``selector.layers`` positions refer to the whole model; None = the model is whole here."""
+    if all_stages is None:
+        params = select_params(model, selector, what)
+        return Selection(params, list(range(len(params))), len(params))
+    keys = all_stages(matching_layer_keys(model, selector))
+    params = select_params(model, selector, what, keys=keys)
+    chosen = chosen_layer_keys(keys, selector, what)
+    return Selection(params, [chosen.index(p.layer) for p in params], len(chosen))

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from .rewards import zscore
-from .selectors import SelectedParam
+from .selectors import Selection
 
 
 def state_dim(num_domains: int, num_norm_layers: int, extra: int = 0) -> int:
@@ -31,17 +31,16 @@ def state_dim(num_domains: int, num_norm_layers: int, extra: int = 0) -> int:
 class ParamNorms:
     """Norms of the norm layers and of their last update.
 
-    ``params`` are this rank's selected tensors and ``positions`` their places among the
-    ``num_layers`` norm layers of the whole model. Each rank contributes squared norms of what
+    ``selection`` holds this rank's selected tensors and their places among the norm layers
+    of the whole model. Each rank contributes squared norms of what
     it owns; ``reduce`` sums them over tensor/pipeline-parallel groups, so sharded or staged
     models give full norms. Keeps a device copy only in ``exact`` mode.
     """
 
-    def __init__(self, params: list[SelectedParam], update_norm: str, positions: list[int] | None = None,
-                 num_layers: int | None = None):
-        self.params = params
-        self.positions = list(range(len(params))) if positions is None else positions
-        self.num_layers = len(params) if num_layers is None else num_layers
+    def __init__(self, selection: Selection, update_norm: str):
+        self.params = selection.params
+        self.positions = selection.positions
+        self.num_layers = selection.num_layers
         self.update_norm = update_norm
         self._prev_norms: torch.Tensor | None = None
         self._prev_weights: list[torch.Tensor] | None = None

@@ -16,9 +16,8 @@ afterwards:
   plan iterator. Validation and test are unchanged.
 * ``megatron.training.train_step``: closes the step (reduce, rank-0 update, broadcast) and
   logs ``acodm/*`` through NeoX's TensorBoard/W&B writer.
-* ``megatron.training.evaluate_and_print_results``: after NeoX's blended validation, the
-  per-domain validation perplexity through NeoX's own ``evaluate``, when ``valid_data_paths``
-  match the domains one-to-one (``acodm/val_ppl/<domain>``).
+* ``megatron.training.evaluate_and_print_results`` and ``forward_step``: per-domain
+  validation (see :mod:`.neox_eval`).
 * ``megatron.checkpointing.save_ds_checkpoint``: writes ``<save>/global_stepN/acodm/state.pt``
   next to the DeepSpeed checkpoint, before NeoX's barrier, upload and rotation.
 """
@@ -27,6 +26,9 @@ import logging
 import os
 
 from ._registry import NEOX_VERIFIED, Patch
+from .neox_eval import EVAL_PARAMS, FORWARD_PARAMS, DomainEvaluation, eval_output_pair, wrap_forward_step
+
+__all__ = ["GATE", "NeoXIntegration", "apply", "eval_output_pair", "state_path"]
 
 logger = logging.getLogger("neox_acodm.patches.neox_training")  # under the neox_acodm logger
 
@@ -52,11 +54,6 @@ def state_path(root: str, iteration: int) -> str:
     return os.path.join(root, f"global_step{iteration}", "acodm", "state.pt")
 
 
-#: the evaluate_and_print_results arguments the per-domain evaluation binds by name
-EVAL_PARAMS = ("neox_args", "prefix", "forward_step_func", "data_iterator", "model", "iteration",
-               "verbose", "timers", "chart_name", "reference_model")
-
-
 class NeoXIntegration:
     """State of one ``pretrain`` call with an ``acodm`` block (held by closure, no globals)."""
 
@@ -70,15 +67,7 @@ class NeoXIntegration:
         cfg = reconcile(parse_config(neox_args.acodm), neox_args)
         self.cfg = cfg
         self.datasets = None
-        self.valid_datasets = None
-        valid_paths = list(getattr(neox_args, "valid_data_paths", None) or [])
-        # per-domain validation needs one valid path per domain, in domain order
-        self.per_domain_eval = len(valid_paths) == cfg.num_domains and all(
-            d.valid_path is None or os.path.normpath(d.valid_path) == os.path.normpath(p)
-            for d, p in zip(cfg.domains, valid_paths))
-        if valid_paths and not self.per_domain_eval:
-            logger.warning("acodm: valid_data_paths do not match acodm.domains one-to-one; per-domain "
-                           "validation perplexity is off")
+        self.evaluation = DomainEvaluation(self)
         self.session = None
         self.patches: list[Patch] = []
 
@@ -91,10 +80,8 @@ class NeoXIntegration:
             Patch("megatron.training:shift_and_wrap_data_loaders", self._wrap_shift,
                   params=("neox_args", "data_loaders")),
             Patch("megatron.training:train_step", self._wrap_train_step, params=("neox_args",)),
-            Patch("megatron.training:forward_step", _wrap_forward_step,
-                  params=("data_iterator", "model", "neox_args", "timers", "return_logits")),
-            Patch("megatron.training:evaluate_and_print_results", self._wrap_eval,
-                  params=EVAL_PARAMS),
+            Patch("megatron.training:forward_step", wrap_forward_step, params=FORWARD_PARAMS),
+            Patch("megatron.training:evaluate_and_print_results", self.evaluation.wrap, params=EVAL_PARAMS),
             Patch("megatron.checkpointing:save_ds_checkpoint", self._wrap_save,
                   params=("iteration", "model", "neox_args")),
         ]
@@ -127,7 +114,7 @@ class NeoXIntegration:
             if train is not None:
                 integ.datasets = list(train.dataset.datasets)
             if valid is not None and len(getattr(valid.dataset, "datasets", [])) == integ.cfg.num_domains:
-                integ.valid_datasets = list(valid.dataset.datasets)
+                integ.evaluation.datasets = list(valid.dataset.datasets)
             return loaders
 
         return build_train_valid_test_data_loaders
@@ -147,18 +134,13 @@ class NeoXIntegration:
         from megatron import mpu
 
         from neox_acodm.metrics import MetricsSink
-        from neox_acodm.neox.session import DeepSpeedMixingSession
+        from neox_acodm.neox.session import DeepSpeedMixingSession, neox_layout
 
         na = self.neox_args
-        comm = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
-        tp_group = mpu.get_model_parallel_group() if mpu.get_model_parallel_world_size() > 1 else None
-        pp_group = mpu.get_pipe_parallel_group() if mpu.get_pipe_parallel_world_size() > 1 else None
         self.session = DeepSpeedMixingSession(
-            self.cfg, model, datasets=self.datasets, dp_size=mpu.get_data_parallel_world_size(),
-            dp_rank=mpu.get_data_parallel_rank(), grad_accum=na.gradient_accumulation_steps,
-            micro_batch=na.train_micro_batch_size_per_gpu, total_steps=self.cfg.total_steps,
-            dp_group=mpu.get_data_parallel_group(), group=None, partial_sum_group=tp_group,
-            pipe_group=pp_group, comm_device=comm,
+            self.cfg, model, datasets=self.datasets, layout=neox_layout(mpu),
+            grad_accum=na.gradient_accumulation_steps, micro_batch=na.train_micro_batch_size_per_gpu,
+            total_steps=self.cfg.total_steps,
             sink=MetricsSink(lambda: self._writer(na), self.cfg.log_interval, route="owner",
                              is_owner=torch.distributed.get_rank() == 0))
         if na.is_pipe_parallel:
@@ -219,59 +201,6 @@ class NeoXIntegration:
 
         return write
 
-    def _wrap_eval(self, original):
-        import inspect
-
-        integ = self
-        sig = inspect.signature(original)
-
-        def evaluate_and_print_results(*args, **kwargs):
-            out = original(*args, **kwargs)
-            a = sig.bind(*args, **kwargs)
-            a.apply_defaults()
-            a = a.arguments
-            if a["chart_name"] == "validation" and integ.per_domain_eval and a["neox_args"].eval_iters > 0:
-                integ._evaluate_domains(a["neox_args"], a["forward_step_func"], a["model"], a["iteration"],
-                                        a["timers"], a["reference_model"])
-            return out
-
-        return evaluate_and_print_results
-
-    def _evaluate_domains(self, neox_args, forward_step_func, model, iteration, timers, reference_model) -> None:
-        """Per-domain validation perplexity with NeoX's own ``evaluate`` (every rank calls it),
-        on fixed windows of each domain's validation dataset; logged as acodm/val_ppl/<domain>."""
-        import megatron.training as training
-        import numpy as np
-        import torch
-        from megatron import mpu, print_rank_0
-        from megatron.logging import tb_wandb_log
-        from torch.utils.data import default_collate
-
-        mb = neox_args.train_micro_batch_size_per_gpu
-        dp, r = mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank()
-
-        def windows(ds):
-            b = 0
-            while True:
-                idx = ((b * dp + r) * mb + np.arange(mb)) % len(ds)
-                yield default_collate([ds[int(i)] for i in idx])
-                b += 1
-
-        ppl = {}
-        for i, name in enumerate(self.cfg.domain_names):
-            it = windows(self.valid_datasets[i]) if self.valid_datasets is not None else None
-            res = training.evaluate(neox_args=neox_args, forward_step_fn=forward_step_func, data_iterator=it,
-                                    model=model, verbose=False, timers=timers, reference_model=reference_model)
-            ppl[name] = res["lm_loss_ppl"]
-        ppl["avg"] = float(np.mean(list(ppl.values())))
-        if torch.distributed.get_rank() == 0:
-            for name, v in ppl.items():
-                tb_wandb_log(f"acodm/val_ppl/{name}", v, iteration, use_wandb=neox_args.use_wandb,
-                             tensorboard_writer=neox_args.tensorboard_writer,
-                             comet_experiment=getattr(neox_args, "comet_experiment", None))
-        print_rank_0(" acodm per-domain validation ppl at iteration {} | {}".format(
-            iteration, " | ".join(f"{k}: {v:.3f}" for k, v in ppl.items())))
-
     def _wrap_save(self, original):
         integ = self
 
@@ -281,26 +210,6 @@ class NeoXIntegration:
                 integ.session.rt.save(state_path(neox_args.save, iteration))
 
         return save_ds_checkpoint
-
-
-def eval_output_pair(out, return_logits: bool):
-    """NeoX's ``evaluate`` unpacks ``loss, metric_dict = forward_step(...)``. On the pipe path
-    that is ``PipelineEngine.eval_batch``: DeeperSpeed returns a pair, PyPI DeepSpeed a bare
-    loss tensor. Both become ``(loss, metrics)``; a ``return_logits`` call is left as it is."""
-    if return_logits or isinstance(out, (tuple, list)):
-        return out
-    return out, {}
-
-
-def _wrap_forward_step(original):
-    def forward_step(*args, **kwargs):
-        out = original(*args, **kwargs)
-        neox_args = kwargs.get("neox_args", args[2] if len(args) > 2 else None)
-        if getattr(neox_args, "is_pipe_parallel", False):
-            return eval_output_pair(out, bool(kwargs.get("return_logits", args[4] if len(args) > 4 else False)))
-        return out
-
-    return forward_step
 
 
 def _wrap_pretrain(original):

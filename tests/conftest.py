@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from neox_acodm.config import parse_config
+from neox_acodm.config import ACODMConfig, parse_config
 
 
 class TinyBlock(nn.Module):
@@ -44,7 +44,7 @@ class TinyLM(nn.Module):
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
 
 
-def tiny_cfg(mixer: str = "acodm", k: int = 3, **over) -> "ACODMConfig":
+def tiny_cfg(mixer: str = "acodm", k: int = 3, **over) -> ACODMConfig:
     block = {
         "mixer": mixer,
         "seed": 7,

@@ -8,13 +8,13 @@ import socket
 import sys
 import types
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import TinyLM, domain_batch, tiny_cfg
+from neox_acodm.dist import ParallelLayout
 from neox_acodm.metrics import MetricsSink, tag
 from neox_acodm.runtime import MixingRuntime
 from neox_acodm.session import MixingSession
@@ -131,8 +131,8 @@ def _sink_worker(rank, port, out):
     written = []
     cfg = tiny_cfg("acodm", log_interval=2)
     model = TinyLM()
-    rt = MixingRuntime(cfg, dataset_sizes=[50, 60, 70], dp_size=2, dp_rank=rank, grad_accum=2,
-                       micro_batch=2, model=model, group=dist.group.WORLD, dp_group=dist.group.WORLD)
+    rt = MixingRuntime(cfg, dataset_sizes=[50, 60, 70], grad_accum=2, micro_batch=2, model=model,
+                       layout=ParallelLayout(2, rank, dist.group.WORLD, dist.group.WORLD))
     # Megatron's layout: the mixer on rank 0, the writer on the last rank
     sink = MetricsSink(lambda: (lambda t, v, s: written.append((t, s))) if rank == 1 else None, 2,
                        route="broadcast", group=dist.group.WORLD, is_owner=rt.is_owner, timeout=30)
@@ -174,3 +174,50 @@ def test_sink_owner_route_writes_only_on_the_owner():
     assert got == ["acodm/x"]
     with pytest.raises(ValueError, match="route"):
         MetricsSink(lambda: None, 1, route="everywhere")
+
+
+def test_layout_rejects_a_rank_outside_data_parallelism():
+    with pytest.raises(ValueError, match="dp_rank 2 is outside dp_size 2"):
+        ParallelLayout(dp_size=2, dp_rank=2)
+    assert not ParallelLayout().sharded and ParallelLayout().all_stages() is None
+
+
+def test_plan_is_a_pure_getter_and_drawing_moves_the_cursors():
+    model = TinyLM()
+    rt = MixingRuntime(tiny_cfg("odm"), dataset_sizes=[50, 60, 70], grad_accum=3, micro_batch=2, model=model)
+    before = rt.cursors.positions.copy()
+    a, b = rt.plan(), rt.plan()
+    assert a is b and (rt.cursors.positions == before).all() and not rt.in_step
+    rt.micro_batches()
+    assert rt.in_step and rt.cursors.positions.sum() == before.sum() + 3 * 2
+
+
+def test_the_runtime_hands_each_step_s_domains_to_the_probe():
+    """A rank that never asks for the plan (a middle pipeline stage) still attributes each
+    micro-batch's gradient to the planned domain: the runtime pushes the domains down."""
+    model = TinyLM()
+    rt = MixingRuntime(tiny_cfg("acodm"), dataset_sizes=[50, 60, 70], grad_accum=1, micro_batch=2, model=model)
+    for _ in range(3):
+        d = int(rt.plan().domains[0, 0])
+        model.loss(domain_batch(d, torch.arange(2).numpy())).backward()  # no plan()/micro_batches() call
+        rows = rt.probe.buffer.abs().sum(dim=1)
+        assert rows[d] > 0 and all(rows[j] == 0 for j in range(3) if j != d)
+        rt.end_step()
+    model.loss(domain_batch(0, torch.arange(2).numpy())).backward()
+    rt.probe.reduce_gram(torch.ones(3))
+    model.loss(domain_batch(0, torch.arange(2).numpy())).backward()  # after the step's end: not captured
+    assert rt.probe.buffer.abs().sum() == 0
+
+
+def test_step_stats_hold_one_array_type():
+    import numpy as np
+
+    from neox_acodm.mixers import StepStats
+
+    s = StepStats(step=0, weights=np.full(2, 0.5), probs=np.full(2, 0.5), counts=torch.tensor([1, 1]),
+                  loss=np.ones(2), gram=torch.eye(2), norms=torch.ones(3))
+    assert all(isinstance(getattr(s, f), np.ndarray) for f in ("counts", "gram", "norms"))
+    assert s.gram.dtype == np.float32 and s.is_finite()
+    bad = StepStats(step=0, weights=np.full(2, 0.5), probs=np.full(2, 0.5), counts=np.ones(2),
+                    loss=np.ones(2), gram=torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+    assert not bad.is_finite()

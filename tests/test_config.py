@@ -3,8 +3,10 @@
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from neox_acodm.config import ConfigError, load_config, parse_config
 
@@ -38,7 +40,7 @@ CASES = [
     (with_(total_steps=0), "acodm.total_steps: must be in [1, inf)"),
     ({"domains": []}, "acodm.domains: at least one domain is required"),
     ({}, "acodm.domains: required key is missing"),
-    ({"domains": "a,b"}, "acodm.domains: expected a list"),
+    ({"domains": "a,b"}, "acodm.domains: domain list file 'a,b' not found"),
     ({"domains": [{"name": "a"}, {"name": "a"}]}, "acodm.domains[1].name: duplicate domain name 'a'"),
     ({"domains": [{"weight": 1.0}]}, "acodm.domains[0].name: required key is missing"),
     ({"domains": [{"name": "a", "weight": -1}]}, "acodm.domains[0].weight: must be in (0, inf)"),
@@ -130,3 +132,22 @@ def test_shipped_configs_parse():
     assert (src.proxy.role, tgt.proxy.role) == ("source", "target")
     assert src.proxy.policy_path == tgt.proxy.policy_path
     assert src.state.norm_params == tgt.state.norm_params
+
+
+def test_domains_can_come_from_one_shared_file(tmp_path):
+    from neox_acodm.config import DOMAIN_LISTS
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "acodm"
+    cfgs = [load_config(f) for f in sorted(root.glob("*.yml"))]
+    assert len(cfgs) == 4 and all(c.domains == cfgs[0].domains and c.num_domains == 22 for c in cfgs)
+    assert all(yaml.safe_load(f.read_text())["acodm"]["domains"] == "pile-22.yml" for f in root.glob("*.yml"))
+    assert (DOMAIN_LISTS / "pile-22.yml").is_file()
+    (tmp_path / "mine.yml").write_text("- {name: a}\n- {name: b}\n")  # a bare list, next to the block
+    (tmp_path / "run.yml").write_text("acodm:\n  domains: mine.yml\n  mixer: static\n")
+    assert load_config(tmp_path / "run.yml").domain_names == ("a", "b")
+    (tmp_path / "bad.yml").write_text("acodm:\n  domains: missing.yml\n")
+    with pytest.raises(ConfigError, match=r"acodm\.domains: domain list file 'missing.yml' not found"):
+        load_config(tmp_path / "bad.yml")
+    (tmp_path / "scalar.yml").write_text("3\n")
+    with pytest.raises(ConfigError, match=r"must hold a list of domains"):
+        parse_config({"domains": str(tmp_path / "scalar.yml")})

@@ -97,7 +97,7 @@ def test_runtime_on_gpu_extension_equals_torch_backend():
         cfg = tiny_cfg("acodm", reward={"backend": backend})
         model = TinyLM(seed=0).to(DEV)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        rt = MixingRuntime(cfg, dataset_sizes=[50, 60, 70], dp_size=1, dp_rank=0, grad_accum=4,
+        rt = MixingRuntime(cfg, dataset_sizes=[50, 60, 70], grad_accum=4,
                            micro_batch=2, model=model)
         assert rt.probe.ops.name == backend
         ws = []

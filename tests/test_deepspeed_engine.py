@@ -63,6 +63,7 @@ def _worker(rank, port, out_dir, mode, start_step, steps, save_at):
     import deepspeed
     import torch.distributed as dist
 
+    from neox_acodm.dist import ParallelLayout
     from neox_acodm.neox.session import DeepSpeedMixingSession
 
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
@@ -86,8 +87,8 @@ def _worker(rank, port, out_dir, mode, start_step, steps, save_at):
         groups = dict(dp_group=grid.get_data_parallel_group(), pipe_group=grid.get_pipe_parallel_group())
     dp_rank = engine.grid.get_data_parallel_rank() if stages > 1 else rank
     session = DeepSpeedMixingSession(cfg, engine, datasets=[SyntheticDomain(d) for d in range(3)],
-                                     dp_size=dp, dp_rank=dp_rank, grad_accum=GA, micro_batch=MB,
-                                     total_steps=20, comm_device="cpu", **groups)
+                                     layout=ParallelLayout(dp, dp_rank, **groups), grad_accum=GA,
+                                     micro_batch=MB, total_steps=20)
     ckpt = os.path.join(out_dir, "ckpt")
     if start_step:
         engine.load_checkpoint(ckpt, tag=f"global_step{start_step}")

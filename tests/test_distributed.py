@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import TinyLM, domain_batch, tiny_cfg
+from neox_acodm.dist import ParallelLayout
 from neox_acodm.runtime import MixingRuntime
 
 
@@ -29,9 +30,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, mixer: str) -> None:
         cfg = tiny_cfg(mixer)
         model = TinyLM(seed=0)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        rt = MixingRuntime(cfg, dataset_sizes=[50, 60, 70], dp_size=world, dp_rank=rank,
-                           grad_accum=3, micro_batch=2, model=model, group=dist.group.WORLD,
-                           dp_group=dist.group.WORLD)
+        rt = MixingRuntime(cfg, dataset_sizes=[50, 60, 70], grad_accum=3, micro_batch=2, model=model,
+                           layout=ParallelLayout(world, rank, dist.group.WORLD, dist.group.WORLD))
         log = {"weights": [], "plans": [], "samples": [], "owner": rt.mixer is not None}
         for _ in range(8):
             log["plans"].append(rt.plan().domains.copy())
@@ -79,8 +79,8 @@ def test_two_ranks_identical_weights_after_rank0_update(tmp_path, mixer):
 def _missing_state_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    rt = MixingRuntime(tiny_cfg("odm"), dataset_sizes=[50, 60, 70], dp_size=world, dp_rank=rank,
-                       grad_accum=2, micro_batch=2, group=dist.group.WORLD, dp_group=dist.group.WORLD)
+    rt = MixingRuntime(tiny_cfg("odm"), dataset_sizes=[50, 60, 70], grad_accum=2, micro_batch=2,
+                       layout=ParallelLayout(world, rank, dist.group.WORLD, dist.group.WORLD))
     try:
         rt.load(os.path.join(out_dir, "does_not_exist.pt"))
         outcome = "loaded"

@@ -7,6 +7,7 @@ import torch
 pytest.importorskip("megatron.core")
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder  # noqa: E402
 
+from neox_acodm.dist import ParallelLayout
 from neox_acodm.config import parse_config  # noqa: E402
 from neox_acodm.megatron import DynamicBlendedDataset, DynamicBlendedIterator, build_domain_datasets  # noqa: E402
 from neox_acodm.runtime import MixingRuntime  # noqa: E402
@@ -46,7 +47,8 @@ def make(prefixes, mixer="static", weights=(0.6, 0.3, 0.1), steps=200, max_weigh
                         "sampling": {"max_weight": max_weight}})
     ds = DynamicBlendedDataset(build_domain_datasets(cfg, num_samples=steps * 8, seq_len=SEQ, seed=3,
                                                      tokenizer=null_tokenizer()))
-    rt = MixingRuntime(cfg, dataset_sizes=ds.sizes, dp_size=2, dp_rank=0, grad_accum=2, micro_batch=2)
+    rt = MixingRuntime(cfg, dataset_sizes=ds.sizes, grad_accum=2, micro_batch=2,
+                       layout=ParallelLayout(dp_size=2))
     return cfg, ds, rt, DynamicBlendedIterator(ds, rt)
 
 

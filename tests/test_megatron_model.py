@@ -173,7 +173,8 @@ def megatron_args(**over):
 @pytest.mark.parametrize("over,flag", [
     ({"data_path": ["1.0", "x"]}, "--data-path"),
     ({"dataloader_type": "single"}, "--dataloader-type single"),
-    ({"gradient_accumulation_fusion": True}, "--no-gradient-accumulation-fusion is required"),
+    ({"phase_transition_iterations": [50]}, "--phase-transition-iterations"),
+    ({"sequence_packing_scheduler": "dp_balanced"}, "--sequence-packing-scheduler dp_balanced"),
     ({"rampup_batch_size": [8, 8, 100]}, "--rampup-batch-size"),
     ({"context_parallel_size": 2}, "--context-parallel-size"),
     ({"calculate_per_token_loss": True}, "--calculate-per-token-loss"),
@@ -186,8 +187,31 @@ def test_megatron_flags_the_mixing_cannot_honour_are_named(over, flag):
         check_args(megatron_args(**over), cfg_for())
 
 
-def test_fused_wgrad_is_fine_without_rewards():
+def test_fused_wgrad_stays_on_except_for_the_observed_layers(cpu_megatron):
+    from neox_acodm.megatron.model import FUSION_ATTRS, unfuse_selected
+
+    check_args(megatron_args(gradient_accumulation_fusion=True), cfg_for())  # no longer refused
     check_args(megatron_args(gradient_accumulation_fusion=True), cfg_for("odm"))
+    model = gpt()
+    view = GlobalLayerView(Wrapper(model))
+    rt = MixingRuntime(cfg_for(), dataset_sizes=[40, 40, 40], grad_accum=2, micro_batch=2, model=view)
+    fusable = {n: m for n, m in view.named_modules() if hasattr(m, "gradient_accumulation_fusion")}
+    assert len(fusable) >= 6
+    for m in fusable.values():  # as a production config builds them (the CUDA kernel is absent here)
+        m.gradient_accumulation_fusion = True
+    switched = unfuse_selected(view, [p.param for p in rt.probe.params])
+    assert switched == ["decoder.layers.1.mlp.linear_fc2", "decoder.layers.2.mlp.linear_fc2"]
+    for n, m in fusable.items():
+        assert m.gradient_accumulation_fusion == (n not in switched), n
+    assert all(not getattr(fusable[n], a, False) for n in switched for a in FUSION_ATTRS)
+    for m in fusable.values():  # then the observed layers' gradients reach the hooks (CPU path)
+        m.gradient_accumulation_fusion = False
+    unfuse_selected(view, [p.param for p in rt.probe.params])
+    mask = torch.triu(torch.ones(SEQ, SEQ), diagonal=1).bool()[None, None]
+    for d, idx in rt.micro_batches():
+        tok = domain_tokens(d, idx)
+        model(tok, torch.arange(SEQ)[None].expand(2, SEQ), mask.expand(2, 1, SEQ, SEQ), labels=tok).sum().backward()
+    assert rt.probe.hook_calls == 2 * 2 and rt.probe.buffer.abs().sum() > 0
 
 
 def test_compile_helpers_skipped_when_prebuilt(monkeypatch):

@@ -187,6 +187,13 @@ def test_non_pipe_path_with_per_domain_validation(neox_env):
     assert len(scalars(tb, "acodm/weight/wiki")) == 6
     state = checkpoint_load(Path(ckpt) / "global_step6" / "acodm" / "state.pt")
     assert sum(state["cursors"]["positions"]) == 6 * 12
+    # the run report on the event files this NeoX run wrote
+    from neox_acodm.report import read_run, write_report
+
+    run = read_run(tb)
+    assert run.domains == DOMAINS and set(run.family("val_ppl")) == set(DOMAINS) | {"avg"}
+    page = write_report(tb, root / "report_seq").read_text()
+    assert all(f'alt="{p}"' in page for p in ("weights", "train_loss", "val_ppl", "rewards", "grad_cos"))
 
 
 def test_two_pipeline_stages_train_and_resume_exactly(neox_env):

@@ -158,7 +158,7 @@ def test_neox_args_check_data_paths_before_launch(monkeypatch, capsys):
 def test_pipe_eval_output_has_one_shape_for_both_deepspeeds():
     import torch
 
-    from neox_acodm.patches.neox_training import eval_output_pair
+    from neox_acodm.patches.neox_eval import eval_output_pair
 
     loss = torch.tensor(2.5)
     assert eval_output_pair(loss, False) == (loss, {})  # PyPI DeepSpeed: a bare tensor
@@ -171,9 +171,10 @@ def test_pipe_eval_output_has_one_shape_for_both_deepspeeds():
 def test_every_neox_patch_declares_its_signature_and_is_documented():
     from pathlib import Path
 
-    from neox_acodm.patches import neox_training
+    from neox_acodm.patches import neox_eval, neox_training
 
     integ = object.__new__(neox_training.NeoXIntegration)  # build_patches needs no NeoX
+    integ.evaluation = object.__new__(neox_eval.DomainEvaluation)
     patches = integ.build_patches() + [neox_training.GATE]
     targets = [p.target for p in patches]
     assert len(set(targets)) == len(targets)

@@ -3,7 +3,6 @@ end_step reaches every rank as a clear error; state files are checksummed and va
 failed load changes nothing. Multi-rank cases are real 2-process gloo runs under a timeout, so
 a hang fails the test instead of stalling CI."""
 
-import io
 import os
 import pickle
 import socket
@@ -17,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import TinyLM, tiny_cfg, train_steps
+from neox_acodm.dist import ParallelLayout
 from neox_acodm import checkpoint
 from neox_acodm.checkpoint import CheckpointError
 from neox_acodm.runtime import MixingRuntime
@@ -33,8 +33,8 @@ def _free_port() -> int:
 def _rt(cfg, rank=0, world=1, group=None, seed=0):
     model = TinyLM(seed=seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    rt = MixingRuntime(cfg, dataset_sizes=[50, 60, 70], dp_size=world, dp_rank=rank, grad_accum=2,
-                       micro_batch=2, model=model, group=group, dp_group=group)
+    rt = MixingRuntime(cfg, dataset_sizes=[50, 60, 70], grad_accum=2, micro_batch=2, model=model,
+                       layout=ParallelLayout(world, rank, group, group))
     return rt, model, opt
 
 

@@ -17,7 +17,7 @@ from neox_acodm.selectors import select_params
 def make(cfg, seed=0, **kw):
     model = TinyLM(seed=seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    rt = MixingRuntime(cfg, dataset_sizes=[50, 60, 70][:cfg.num_domains], dp_size=1, dp_rank=0,
+    rt = MixingRuntime(cfg, dataset_sizes=[50, 60, 70][:cfg.num_domains],
                        grad_accum=4, micro_batch=2, model=model, **kw)
     return rt, model, opt
 

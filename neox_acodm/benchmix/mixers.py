@@ -38,6 +38,8 @@ MIXERS: dict[str, MixerFn] = {
                              "agent": {"device": "cpu"}},
     "acodm_control": lambda sc, sz: {"mixer": "acodm", "preset": "aligned", "initial_weights": "tokens",
                                      "agent": {"device": "cpu", "updates_per_step": 0}},
+    "acodm_shadow": lambda sc, sz: {"mixer": "acodm", "preset": "aligned", "initial_weights": "tokens",
+                                    "agent": {"device": "cpu"}, "shadow": True},
     "acodm_proxy": lambda sc, sz: {"mixer": "acodm", "preset": "aligned", "initial_weights": "tokens",
                                    "agent": {"device": "cpu"}, "state": {"include_reward": False}},
 }
@@ -54,6 +56,7 @@ DESCRIPTIONS = {
     "acodm_paper": "AC-ODM, paper mode (reward.mode paper, random actor)",
     "acodm": "AC-ODM, preset aligned (our defaults)",
     "acodm_control": "noise control: preset aligned with no agent updates (prior + its exploration noise)",
+    "acodm_shadow": "AC-ODM aligned in shadow mode: learns, but the plan stays static natural",
     "acodm_proxy": "AC-ODM aligned, policy learned on the small proxy model and frozen",
 }
 

@@ -56,7 +56,8 @@ def register(sub) -> None:
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 1,2,3)")
     p.add_argument("--cache", default=None, help=f"corpus/tokenizer cache (default {default_cache()})")
     p.set_defaults(func=_demo_cmd)
-    c = sub.add_parser("build-corpus", help="build the offline multi-domain corpus")
+    c = sub.add_parser("build-corpus", help="build the offline multi-domain corpus",
+                       description="Example: neox-acodm build-corpus --out corpus --cap-mb 4")
     c.add_argument("--out", required=True)
     c.add_argument("--cap-mb", type=float, default=4.0, help="MB of text per domain")
     c.set_defaults(func=_corpus_cmd)

@@ -65,3 +65,29 @@ class GlobalLayerView:
     def parameters(self) -> Iterator[torch.nn.Parameter]:
         for chunk in self.chunks:
             yield from chunk.parameters()
+
+
+#: per-module switches of fused weight-gradient accumulation (megatron-core linear layers,
+#: Transformer Engine modules), read at every forward
+FUSION_ATTRS = ("gradient_accumulation_fusion", "fuse_wgrad_accumulation")
+
+
+def unfuse_selected(model: GlobalLayerView | torch.nn.Module, params: Sequence[torch.nn.Parameter]) -> list[str]:
+    """Turn fused wgrad accumulation off on the modules that own ``params`` only.
+
+    With fusion on, a linear layer's weight gradient is written straight into
+    ``weight.main_grad`` by a fused GEMM and no autograd hook sees it; with it off, autograd
+    produces ``weight.grad`` (which the tensor hooks capture) and Megatron's DDP adds it to
+    ``main_grad``. Every other layer keeps its fused path. Returns the switched modules' names."""
+    wanted = {id(p) for p in params}
+    switched = []
+    for name, mod in model.named_modules():
+        if any(id(p) in wanted for p in mod._parameters.values() if p is not None):
+            hit = False
+            for attr in FUSION_ATTRS:
+                if getattr(mod, attr, False):
+                    setattr(mod, attr, False)
+                    hit = True
+            if hit:
+                switched.append(name)
+    return switched

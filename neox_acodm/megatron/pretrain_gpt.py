@@ -90,9 +90,15 @@ def check_args(args, cfg: ACODMConfig) -> None:
         errors.append("--rampup-batch-size: the plan needs a fixed number of micro-batches per step")
     if args.context_parallel_size > 1:
         errors.append("--context-parallel-size > 1 is not supported by neox_acodm yet")
-    if cfg.needs_rewards and args.gradient_accumulation_fusion:
-        errors.append("--no-gradient-accumulation-fusion is required: fused weight-gradient "
-                      "accumulation bypasses autograd, so per-domain gradients cannot be captured")
+    # fused wgrad accumulation is kept: the session switches it off on the observed modules only
+    if getattr(args, "phase_transition_iterations", None):
+        errors.append("--phase-transition-iterations: a phase restart re-counts each phase's samples "
+                      "from zero and expects a new --data-path blend; the mixer owns the data order "
+                      "(export the weights with `neox-acodm export-schedule` for phased runs); remove it")
+    if getattr(args, "sequence_packing_scheduler", None):
+        errors.append(f"--sequence-packing-scheduler {args.sequence_packing_scheduler}: it moves samples "
+                      f"across data-parallel ranks, so a micro-batch no longer holds one planned domain; "
+                      f"remove it")
     if cfg.needs_rewards and args.calculate_per_token_loss:
         errors.append("--calculate-per-token-loss: rewards are defined on per-micro-batch mean "
                       "losses; remove the flag")

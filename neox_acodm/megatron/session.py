@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterator
 import torch
 
 from ..config import ACODMConfig, ConfigError
+from ..dist import ParallelLayout
 from ..metrics import MetricsSink
 from ..runtime import MixingRuntime
 from ..session import MixingSession
 from .data import DynamicBlendedDataset, DynamicBlendedIterator, build_domain_datasets
-from .model import GlobalLayerView
+from .model import GlobalLayerView, unfuse_selected
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,18 @@ def _tensorboard_writer():
         return None
     writer = get_tensorboard_writer()
     return None if writer is None else writer.add_scalar
+
+
+def megatron_layout() -> ParallelLayout:
+    """The layout of this rank from megatron-core's ``parallel_state`` (owner: global rank 0)."""
+    from megatron.core import mpu
+
+    tp, pp = mpu.get_tensor_model_parallel_world_size(), mpu.get_pipeline_model_parallel_world_size()
+    return ParallelLayout(dp_size=mpu.get_data_parallel_world_size(), dp_rank=mpu.get_data_parallel_rank(),
+                          dp_group=mpu.get_data_parallel_group(),
+                          partial_sum_group=mpu.get_tensor_model_parallel_group() if tp > 1 else None,
+                          pipe_group=mpu.get_pipeline_model_parallel_group() if pp > 1 else None,
+                          comm_device=torch.device("cuda", torch.cuda.current_device()))
 
 
 class MegatronMixingSession(MixingSession):
@@ -72,7 +85,6 @@ class MegatronMixingSession(MixingSession):
 
     # -- setup (after Megatron built the model and loaded the checkpoint) --------------------
     def setup(self, model_chunks, optimizer) -> None:
-        from megatron.core import mpu
         from megatron.core.num_microbatches_calculator import get_num_microbatches
 
         args = self._args()
@@ -81,20 +93,18 @@ class MegatronMixingSession(MixingSession):
             seed=args.seed, tokenizer=self._tokenizer(args), split="train",
             is_built_on_rank=self._is_data_rank, path_to_cache=args.data_cache_path, **self._gpt_kwargs(args))
         blended = DynamicBlendedDataset(datasets) if datasets is not None else None
-        tp = mpu.get_tensor_model_parallel_world_size()
-        pp = mpu.get_pipeline_model_parallel_world_size()
+        view = GlobalLayerView(model_chunks)
         self.rt = MixingRuntime(
-            self.cfg, dataset_sizes=blended.sizes if blended is not None else None,
-            dp_size=mpu.get_data_parallel_world_size(), dp_rank=mpu.get_data_parallel_rank(),
+            self.cfg, layout=megatron_layout(), dataset_sizes=blended.sizes if blended is not None else None,
             grad_accum=get_num_microbatches(), micro_batch=args.micro_batch_size,
-            total_steps=args.train_iters, model=GlobalLayerView(model_chunks),
-            dp_group=mpu.get_data_parallel_group(),
-            partial_sum_group=mpu.get_tensor_model_parallel_group() if tp > 1 else None,
-            pipe_group=mpu.get_pipeline_model_parallel_group() if pp > 1 else None,
-            comm_device=torch.device("cuda", torch.cuda.current_device()))
+            total_steps=args.train_iters, model=view)
+        if self.rt.probe is not None and args.gradient_accumulation_fusion:
+            names = unfuse_selected(view, [p.param for p in self.rt.probe.params])
+            logger.info("acodm: fused wgrad accumulation stays on except for the %d observed modules: %s",
+                        len(names), names)
         self.optimizer = optimizer
         self.sink = MetricsSink(_tensorboard_writer, self.cfg.log_interval, route="broadcast",
-                                group=self.rt.group, is_owner=self.rt.is_owner, timeout=self.rt.timeout)
+                                group=self.rt.layout.group, is_owner=self.rt.is_owner, timeout=self.rt.timeout)
         self.attach(self.rt)
         if args.load and args.iteration > 0:
             self.resume(self.state_path(args.load, args.iteration), args.iteration,

@@ -74,14 +74,14 @@ class ACODMMixer(Mixer):
     def _reward(self, stats: StepStats) -> torch.Tensor:
         present = torch.as_tensor(stats.present)
         if self.vector:
-            r = reference_reward(stats.gram.cpu(), self.cfg.reward.clip, present)
+            r = reference_reward(torch.from_numpy(stats.gram), self.cfg.reward.clip, present)
             self.last_reward = r.numpy().astype(np.float64)
             return r
         if self.aligned:
             rhat = update_estimate(self.gram_est, stats)
             self.coef = zscore(rhat.float())
         else:
-            w = paper_alignment(stats.gram.cpu(), present, self.cfg.reward.clip)
+            w = paper_alignment(torch.from_numpy(stats.gram), present, self.cfg.reward.clip)
             rhat = self.reward_ema.update(w, torch.as_tensor(stats.probs), present)
             self.coef = rhat.float()
         self.last_reward = rhat.numpy().astype(np.float64)
@@ -104,8 +104,8 @@ class ACODMMixer(Mixer):
 
     def update(self, stats: StepStats) -> np.ndarray:
         cfg = self.cfg
-        norms = stats.norms if stats.norms is not None else torch.zeros(self.state.l)
-        upd = stats.update_norms if stats.update_norms is not None else torch.zeros(self.state.l)
+        norms = torch.zeros(self.state.l) if stats.norms is None else torch.from_numpy(stats.norms)
+        upd = torch.zeros(self.state.l) if stats.update_norms is None else torch.from_numpy(stats.update_norms)
         metrics: dict[str, float] = {}
         reward = None
         if not self.target:

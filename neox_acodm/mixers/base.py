@@ -13,6 +13,9 @@ import torch
 class StepStats:
     """Globally reduced statistics of one optimizer step (identical on every rank).
 
+Every field is a host numpy array (torch tensors passed in are converted, dtypes kept), so a
+mixer reads one array type; mixers that compute in torch wrap with ``torch.from_numpy``.
+
     weights: [K] the weights the step was planned with (the action a_t).
     probs:   [K] realised sampling probabilities (floor included; importance weights use it).
     counts:  [K] micro-batches drawn per domain.
@@ -28,11 +31,20 @@ class StepStats:
     probs: np.ndarray
     counts: np.ndarray
     loss: np.ndarray
-    gram: torch.Tensor | None = None
-    norms: torch.Tensor | None = None
-    update_norms: torch.Tensor | None = None
+    gram: np.ndarray | None = None
+    norms: np.ndarray | None = None
+    update_norms: np.ndarray | None = None
     inclusion: np.ndarray | None = None
-    lagged_gram: torch.Tensor | None = None
+    lagged_gram: np.ndarray | None = None
+
+    def __post_init__(self):
+        for name in ("weights", "probs", "counts", "loss", "gram", "norms", "update_norms",
+                     "inclusion", "lagged_gram"):
+            v = getattr(self, name)
+            if isinstance(v, torch.Tensor):
+                object.__setattr__(self, name, v.detach().cpu().numpy())
+            elif v is not None and not isinstance(v, np.ndarray):
+                object.__setattr__(self, name, np.asarray(v))
 
     @property
     def present(self) -> np.ndarray:
@@ -43,7 +55,7 @@ class StepStats:
         if not np.all(np.isfinite(self.loss[self.present])):
             return False
         for t in (self.gram, self.norms, self.update_norms, self.lagged_gram):
-            if t is not None and not bool(torch.isfinite(t).all()):
+            if t is not None and not np.all(np.isfinite(t)):
                 return False
         return True
 

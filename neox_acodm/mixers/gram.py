@@ -39,9 +39,9 @@ def update_estimate(est: GramEstimate, stats: StepStats) -> torch.Tensor:
     """Feed one step into ``est``; returns rhat [K] float64."""
     if stats.gram is None:
         raise RuntimeError("this mixer needs the per-domain gradient Gram (stats.gram is None)")
-    return est.update(stats.gram.cpu(), torch.as_tensor(stats.present),
+    return est.update(torch.from_numpy(stats.gram), torch.as_tensor(stats.present),
                       torch.as_tensor(inclusion_of(stats)),
-                      None if stats.lagged_gram is None else stats.lagged_gram.cpu())
+                      None if stats.lagged_gram is None else torch.from_numpy(stats.lagged_gram))
 
 
 def gibbs(prior: np.ndarray, rhat: torch.Tensor, eta: float) -> np.ndarray:
