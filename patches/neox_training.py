@@ -26,6 +26,7 @@ import logging
 import os
 
 from ._registry import NEOX_VERIFIED, Patch
+from .neox_dist import INIT_PARAMS, register_clean_exit, wrap_init_distributed
 from .neox_eval import EVAL_PARAMS, FORWARD_PARAMS, DomainEvaluation, eval_output_pair, wrap_forward_step
 
 __all__ = ["GATE", "NeoXIntegration", "apply", "eval_output_pair", "state_path"]
@@ -74,6 +75,8 @@ class NeoXIntegration:
     # -- patches ------------------------------------------------------------------------------
     def build_patches(self) -> list[Patch]:
         return [
+            Patch("deepspeed:init_distributed", wrap_init_distributed(self.cfg.collective_timeout_s),
+                  params=INIT_PARAMS),
             Patch("megatron.training:build_train_valid_test_data_loaders", self._wrap_build_loaders, params=("neox_args",)),
             Patch("megatron.training:setup_model_and_optimizer", self._wrap_setup, params=("neox_args",)),
             Patch("megatron.training:cross_entropy", self._wrap_cross_entropy, params=("output", "labels")),
@@ -217,6 +220,7 @@ def _wrap_pretrain(original):
         if getattr(neox_args, "acodm", None) is None:
             return original(neox_args, *args, **kwargs)
         integ = NeoXIntegration(neox_args)
+        register_clean_exit()
         integ.patches = integ.build_patches()
         for p in integ.patches:
             p.apply()

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import TinyLM, domain_batch, tiny_cfg
+from neox_acodm.config import ConfigError
 from neox_acodm.dist import ParallelLayout
 from neox_acodm.metrics import MetricsSink, tag
 from neox_acodm.runtime import MixingRuntime
@@ -39,13 +40,30 @@ def _standin_training(rename: bool = False):
     def save_checkpoint(iteration, model, optimizer, *a, **kw):
         calls.append("save")
 
+    def evaluate(forward_step_func, data_iterator, model, process_non_loss_data_func, config, verbose=False,
+                 non_loss_data_func=None, eval_iters=None, pg_collection=None, p2p_communicator=None):
+        calls.append("evaluate")
+        return {"lm loss": torch.tensor(float(next(data_iterator)))}, None, False
+
+    def evaluate_and_print_results(prefix, forward_step_func, data_iterator, model, iteration,
+                                   process_non_loss_data_func, config, verbose=False, write_to_tensorboard=True,
+                                   non_loss_data_func=None, pg_collection=None, p2p_communicator=None):
+        # core_r0.19: one evaluate() per validation set when args.multiple_validation_sets
+        iterators = data_iterator if isinstance(data_iterator, list) else [data_iterator]
+        for it in iterators:
+            mod.evaluate(forward_step_func, it, model, process_non_loss_data_func, config, verbose)
+
     mod.setup_model_and_optimizer, mod.train_step, mod.save_checkpoint = setup_model_and_optimizer, train_step, save_checkpoint
+    mod.evaluate, mod.evaluate_and_print_results = evaluate, evaluate_and_print_results
     return mod, calls
 
 
 class _Session:
-    def __init__(self):
+    def __init__(self, writer=None):
+        from neox_acodm.megatron.validation import DomainValidation
+
         self.events = []
+        self.validation = DomainValidation(["a", "b"], lambda: writer)
 
     def setup(self, model, optimizer):
         self.events.append(("setup", model, optimizer))
@@ -76,7 +94,8 @@ def test_megatron_patches_use_the_registry_and_pass_skipped_iter(standin):
     originals = (mod.setup_model_and_optimizer, mod.train_step, mod.save_checkpoint)
     session = _Session()
     patches = pretrain_gpt.install(session)
-    assert {p.attr for p in patches} == {"setup_model_and_optimizer", "train_step", "save_checkpoint"}
+    assert {p.attr for p in patches} == {"setup_model_and_optimizer", "train_step", "save_checkpoint",
+                                         "evaluate_and_print_results", "evaluate"}
     assert all(p.is_applied() for p in patches)
     for p in patches:
         p.apply()  # idempotent
@@ -89,6 +108,37 @@ def test_megatron_patches_use_the_registry_and_pass_skipped_iter(standin):
     for p in patches:
         p.remove()
     assert (mod.setup_model_and_optimizer, mod.train_step, mod.save_checkpoint) == originals
+
+
+def test_megatron_logs_per_domain_validation_ppl(standin):
+    import argparse
+    import math
+
+    from neox_acodm.megatron.validation import enable_multiple_sets
+
+    pretrain_gpt, make = standin
+    mod, calls = make()
+    written = []
+    session = _Session(writer=lambda t, v, s: written.append((t, round(v, 6), s)))
+    patches = pretrain_gpt.install(session)
+    try:
+        args = argparse.Namespace(eval_iters=3, full_validation=False, validation_set_names=None)
+        enable_multiple_sets(args, ["a", "b"])  # what the dataset provider does with valid_paths
+        assert args.multiple_validation_sets and args.validation_set_names == ["a", "b"] and args.eval_iters == [3, 3]
+        session.validation.enabled = True
+        mod.evaluate_and_print_results("iteration 10", None, [iter([1.0]), iter([2.0])], None, 10, None, None)
+        mod.evaluate_and_print_results("iteration 10", None, iter([5.0]), None, 10, None, None)  # not ours
+    finally:
+        for p in patches:
+            p.remove()
+    e1, e2 = round(math.e, 6), round(math.e ** 2, 6)
+    assert written == [("acodm/val_ppl/a", e1, 10), ("acodm/val_ppl/b", e2, 10),
+                       ("acodm/val_ppl/avg", round((math.e + math.e ** 2) / 2, 6), 10)]
+    assert calls.count("evaluate") == 3
+    with pytest.raises(ConfigError, match="--full-validation"):
+        enable_multiple_sets(argparse.Namespace(eval_iters=3, full_validation=True), ["a", "b"])
+    with pytest.raises(ConfigError, match="--validation-set-names"):
+        enable_multiple_sets(argparse.Namespace(eval_iters=3, validation_set_names=["x", "y"]), ["a", "b"])
 
 
 def test_a_renamed_upstream_argument_fails_loudly(standin):

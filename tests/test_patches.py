@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_cfg
 from neox_acodm.patches import _hook
 from neox_acodm.patches._registry import Patch
 
@@ -175,6 +176,7 @@ def test_every_neox_patch_declares_its_signature_and_is_documented():
 
     integ = object.__new__(neox_training.NeoXIntegration)  # build_patches needs no NeoX
     integ.evaluation = object.__new__(neox_eval.DomainEvaluation)
+    integ.cfg = tiny_cfg()
     patches = integ.build_patches() + [neox_training.GATE]
     targets = [p.target for p in patches]
     assert len(set(targets)) == len(targets)
@@ -182,3 +184,43 @@ def test_every_neox_patch_declares_its_signature_and_is_documented():
     upstream = (Path(__file__).resolve().parents[1] / "patches" / "UPSTREAM.md").read_text()
     for t in targets:
         assert f"`{t.replace(':', '.')}`" in upstream, f"{t} is not documented in patches/UPSTREAM.md"
+
+
+def _join_worker(rank, port, q):
+    """Rank 0 of a 2-rank job whose rank 1 never starts (it died before joining)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from neox_acodm.patches.neox_dist import wrap_init_distributed
+
+    def init_distributed(dist_backend=None, auto_mpi_discovery=True, distributed_port=0, verbose=True,
+                         timeout=datetime.timedelta(seconds=600)):  # DeepSpeed's signature, gloo
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=2,
+                                timeout=timeout)
+
+    try:
+        wrap_init_distributed(2.0)(init_distributed)(dist_backend="gloo")
+        q.put("joined")
+    except RuntimeError as e:
+        q.put(str(e))
+
+
+def test_a_rank_that_never_joins_fails_the_job_with_the_cause():
+    import multiprocessing as mp
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    t0 = time.monotonic()
+    p = ctx.Process(target=_join_worker, args=(0, port, q))
+    p.start()
+    msg = q.get(timeout=120)
+    p.join(30)
+    assert time.monotonic() - t0 < 100  # bounded by the 2 s join, not the 600 s default
+    assert msg.startswith("acodm: not every rank of the job joined torch.distributed within 2 s")
+    assert "neox-acodm install-hook" in msg

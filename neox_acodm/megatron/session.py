@@ -17,6 +17,7 @@ from ..runtime import MixingRuntime
 from ..session import MixingSession
 from .data import DynamicBlendedDataset, DynamicBlendedIterator, build_domain_datasets
 from .model import GlobalLayerView, unfuse_selected
+from .validation import DomainValidation, enable_multiple_sets
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class MegatronMixingSession(MixingSession):
         self.upstream = upstream  # Megatron-LM's pretrain_gpt module
         self.train_iter: DynamicBlendedIterator | None = None
         self.optimizer = None
+        self.validation = DomainValidation(list(cfg.domain_names), _tensorboard_writer)
 
     # -- helpers ------------------------------------------------------------------------------
     @staticmethod
@@ -123,35 +125,41 @@ class MegatronMixingSession(MixingSession):
 
     # -- data ---------------------------------------------------------------------------------
     def datasets_provider(self, train_val_test_num_samples, vp_stage=None):
-        """Megatron's dataset provider (``--dataloader-type external``): ready iterators."""
-        from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-        from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
-        from megatron.core import mpu
-        from megatron.training.datasets.data_samplers import MegatronPretrainingSampler
-
+        """Megatron's dataset provider (``--dataloader-type external``): ready iterators. With
+        every domain's ``valid_path``: one validation iterator per domain (Megatron's multiple
+        validation sets, named after the domains; see :mod:`.validation`)."""
         args = self._args()
         valid = None
         prefixes = [d.valid_path for d in self.cfg.domains]
         if all(prefixes) and train_val_test_num_samples[1] > 0:
-            config = GPTDatasetConfig(
-                random_seed=args.seed, sequence_length=args.seq_length,
-                blend_per_split=[None, (prefixes, [float(w) for w in self.rt.initial_weights]), None],
-                tokenizer=self._tokenizer(args), path_to_cache=args.data_cache_path, **self._gpt_kwargs(args))
-            _, valid_ds, _ = BlendedMegatronDatasetBuilder(
-                GPTDataset, [0, train_val_test_num_samples[1], 0], self._is_data_rank, config).build()
-            if valid_ds is not None:
-                # continue where the checkpointed run stopped, as Megatron's own loader does
-                consumed = (args.consumed_valid_samples or 0) % len(valid_ds)
-                sampler = MegatronPretrainingSampler(
-                    total_samples=len(valid_ds), consumed_samples=consumed, micro_batch_size=args.micro_batch_size,
-                    data_parallel_rank=mpu.get_data_parallel_rank(),
-                    data_parallel_size=mpu.get_data_parallel_world_size())
-                loader = torch.utils.data.DataLoader(valid_ds, batch_sampler=sampler, num_workers=args.num_workers,
-                                                     pin_memory=True)
-                valid = _cyclic(loader)
+            enable_multiple_sets(args, list(self.cfg.domain_names))
+            valid = [self._valid_iterator(args, [p], [1.0], train_val_test_num_samples[1]) for p in prefixes]
+            self.validation.enabled = True
         elif any(prefixes):
             raise ConfigError("acodm.domains[*].valid_path: give it for every domain or for none")
         return self.train_iter, valid, None
+
+    def _valid_iterator(self, args, prefixes: list[str], weights: list[float], num_samples: int):
+        """Endless iterator over the validation blend of ``prefixes`` (None off data ranks)."""
+        from megatron.core import mpu
+        from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+        from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+        from megatron.training.datasets.data_samplers import MegatronPretrainingSampler
+
+        config = GPTDatasetConfig(random_seed=args.seed, sequence_length=args.seq_length,
+                                  blend_per_split=[None, (prefixes, weights), None], tokenizer=self._tokenizer(args),
+                                  path_to_cache=args.data_cache_path, **self._gpt_kwargs(args))
+        _, valid_ds, _ = BlendedMegatronDatasetBuilder(GPTDataset, [0, num_samples, 0], self._is_data_rank,
+                                                       config).build()
+        if valid_ds is None:
+            return None
+        # continue where the checkpointed run stopped, as Megatron's own loader does
+        sampler = MegatronPretrainingSampler(
+            total_samples=len(valid_ds), consumed_samples=(args.consumed_valid_samples or 0) % len(valid_ds),
+            micro_batch_size=args.micro_batch_size, data_parallel_rank=mpu.get_data_parallel_rank(),
+            data_parallel_size=mpu.get_data_parallel_world_size())
+        return _cyclic(torch.utils.data.DataLoader(valid_ds, batch_sampler=sampler, num_workers=args.num_workers,
+                                                   pin_memory=True))
 
     # -- forward / loss -----------------------------------------------------------------------
     def forward_step(self, data_iterator, model, return_schedule_plan: bool = False):

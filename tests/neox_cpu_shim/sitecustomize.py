@@ -13,7 +13,9 @@ if os.environ.get("NEOX_CPU_SHIM") == "1":
     except ImportError:
         torch = None
     if torch is not None:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        # "devices" of this node: its local ranks (deepspeed.launcher.launch sets LOCAL_SIZE), so
+        # NeoX's rank % device_count == local_rank holds on every node of a multi-node job
+        world = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE", "1"))
         cuda = torch.cuda
 
         # one distinct function per torch.cuda name: torch.compile/dynamo asserts when several
@@ -79,3 +81,38 @@ if os.environ.get("NEOX_CPU_SHIM") == "1":
         from neox_acodm.patches import _hook
 
         _hook.install({"megatron.training": _allow_no_cuda})
+
+        # ACODM_TRACE_DIR (the multi-node check): every rank appends, after each step, its global
+        # rank, host namespace, step and the weights it will plan the next step with; state-file
+        # writes are recorded too. Observation only: nothing the run computes changes.
+        trace_dir = os.environ.get("ACODM_TRACE_DIR")
+        if trace_dir:
+            import json
+
+            def _trace(record):
+                rank = os.environ.get("RANK", "?")
+                with open(os.path.join(trace_dir, f"rank{rank}.jsonl"), "a") as f:
+                    f.write(json.dumps({"rank": int(rank), "node": os.environ.get("ACODM_NODE", "?"),
+                                        **record}) + "\n")
+
+            def _trace_session(session_mod):
+                end_step = session_mod.MixingSession.end_step
+
+                def traced_end_step(self, *a, **k):
+                    out = end_step(self, *a, **k)
+                    _trace({"step": self.rt.step, "weights": [float(w) for w in self.rt.weights]})
+                    return out
+
+                session_mod.MixingSession.end_step = traced_end_step
+
+            def _trace_checkpoint(ckpt_mod):
+                atomic_save = ckpt_mod.atomic_save
+
+                def traced_atomic_save(obj, path, *a, **k):
+                    out = atomic_save(obj, path, *a, **k)
+                    _trace({"saved": str(path)})
+                    return out
+
+                ckpt_mod.atomic_save = traced_atomic_save
+
+            _hook.install({"neox_acodm.session": _trace_session, "neox_acodm.checkpoint": _trace_checkpoint})
