@@ -114,31 +114,42 @@ def test_megatron_logs_per_domain_validation_ppl(standin):
     import argparse
     import math
 
-    from neox_acodm.megatron.validation import enable_multiple_sets
+    from neox_acodm.megatron.validation import DomainIterators, check_validation_args
 
     pretrain_gpt, make = standin
     mod, calls = make()
-    written = []
+    written, args = [], argparse.Namespace(eval_iters=3, multiple_validation_sets=False, validation_set_names=None)
+    seen = []
+    original_eval = mod.evaluate
+
+    def evaluate(forward_step_func, data_iterator, model, *a, **kw):  # what Megatron sees per set
+        seen.append((args.multiple_validation_sets, args.validation_set_names, args.eval_iters))
+        return original_eval(forward_step_func, data_iterator, model, *a, **kw)
+
+    mod.evaluate = evaluate
     session = _Session(writer=lambda t, v, s: written.append((t, round(v, 6), s)))
+    session.validation.get_args = lambda: args
     patches = pretrain_gpt.install(session)
     try:
-        args = argparse.Namespace(eval_iters=3, full_validation=False, validation_set_names=None)
-        enable_multiple_sets(args, ["a", "b"])  # what the dataset provider does with valid_paths
-        assert args.multiple_validation_sets and args.validation_set_names == ["a", "b"] and args.eval_iters == [3, 3]
-        session.validation.enabled = True
-        mod.evaluate_and_print_results("iteration 10", None, [iter([1.0]), iter([2.0])], None, 10, None, None)
+        check_validation_args(args, ["a", "b"])  # what the dataset provider checks
+        sets = DomainIterators([iter([1.0]), iter([2.0])])  # handed to Megatron as one "loader"
+        mod.evaluate_and_print_results("iteration 10", None, sets, None, 10, None, None)
         mod.evaluate_and_print_results("iteration 10", None, iter([5.0]), None, 10, None, None)  # not ours
     finally:
         for p in patches:
             p.remove()
+    assert seen == [(True, ["a", "b"], [3, 3])] * 2 + [(False, None, 3)]  # Megatron's sets, named by domain
+    assert (args.multiple_validation_sets, args.validation_set_names, args.eval_iters) == (False, None, 3)
     e1, e2 = round(math.e, 6), round(math.e ** 2, 6)
     assert written == [("acodm/val_ppl/a", e1, 10), ("acodm/val_ppl/b", e2, 10),
                        ("acodm/val_ppl/avg", round((math.e + math.e ** 2) / 2, 6), 10)]
     assert calls.count("evaluate") == 3
+    with pytest.raises(RuntimeError, match="read through neox_acodm's evaluate_and_print_results"):
+        next(sets)
     with pytest.raises(ConfigError, match="--full-validation"):
-        enable_multiple_sets(argparse.Namespace(eval_iters=3, full_validation=True), ["a", "b"])
+        check_validation_args(argparse.Namespace(full_validation=True), ["a", "b"])
     with pytest.raises(ConfigError, match="--validation-set-names"):
-        enable_multiple_sets(argparse.Namespace(eval_iters=3, validation_set_names=["x", "y"]), ["a", "b"])
+        check_validation_args(argparse.Namespace(validation_set_names=["x", "y"]), ["a", "b"])
 
 
 def test_a_renamed_upstream_argument_fails_loudly(standin):

@@ -140,7 +140,9 @@ def megatron_patches(session: MegatronMixingSession) -> list:
     from .validation import EVAL_PRINT_PARAMS, EVALUATE_PARAMS
 
     mod, val = "megatron.training.training", session.validation
-    return [Patch(f"{mod}:setup_model_and_optimizer", wrap_setup, MEGATRON_VERIFIED, ("model_provider_func", "model_type")),
+    # setup_model_and_optimizer: the wrapper passes every argument through and reads only the
+    # returned (model, optimizer, scheduler); core_r0.19 swapped its first two parameters
+    return [Patch(f"{mod}:setup_model_and_optimizer", wrap_setup, MEGATRON_VERIFIED),
             Patch(f"{mod}:train_step", wrap_step, MEGATRON_VERIFIED, ("forward_step_func", "data_iterator", "model", "optimizer")),
             Patch(f"{mod}:save_checkpoint", wrap_save, MEGATRON_VERIFIED, ("iteration", "model", "optimizer")),
             Patch(f"{mod}:evaluate_and_print_results", val.wrap_evaluate_and_print, MEGATRON_VERIFIED, EVAL_PRINT_PARAMS),

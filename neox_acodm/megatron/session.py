@@ -17,7 +17,7 @@ from ..runtime import MixingRuntime
 from ..session import MixingSession
 from .data import DynamicBlendedDataset, DynamicBlendedIterator, build_domain_datasets
 from .model import GlobalLayerView, unfuse_selected
-from .validation import DomainValidation, enable_multiple_sets
+from .validation import DomainIterators, DomainValidation, check_validation_args
 
 logger = logging.getLogger(__name__)
 
@@ -126,21 +126,25 @@ class MegatronMixingSession(MixingSession):
     # -- data ---------------------------------------------------------------------------------
     def datasets_provider(self, train_val_test_num_samples, vp_stage=None):
         """Megatron's dataset provider (``--dataloader-type external``): ready iterators. With
-        every domain's ``valid_path``: one validation iterator per domain (Megatron's multiple
-        validation sets, named after the domains; see :mod:`.validation`)."""
+        every domain's ``valid_path``: one validation stream per domain, evaluated as Megatron's
+        multiple validation sets named after the domains (see :mod:`.validation`)."""
         args = self._args()
         valid = None
         prefixes = [d.valid_path for d in self.cfg.domains]
         if all(prefixes) and train_val_test_num_samples[1] > 0:
-            enable_multiple_sets(args, list(self.cfg.domain_names))
-            valid = [self._valid_iterator(args, [p], [1.0], train_val_test_num_samples[1]) for p in prefixes]
-            self.validation.enabled = True
+            check_validation_args(args, list(self.cfg.domain_names))
+            # Megatron counts every set's samples in one consumed_valid_samples: each domain's
+            # stream read an equal share of it (the same eval_iters per set)
+            consumed = (args.consumed_valid_samples or 0) // len(prefixes)
+            valid = DomainIterators([self._valid_iterator(args, [p], [1.0], train_val_test_num_samples[1], consumed)
+                                     for p in prefixes])
         elif any(prefixes):
             raise ConfigError("acodm.domains[*].valid_path: give it for every domain or for none")
         return self.train_iter, valid, None
 
-    def _valid_iterator(self, args, prefixes: list[str], weights: list[float], num_samples: int):
-        """Endless iterator over the validation blend of ``prefixes`` (None off data ranks)."""
+    def _valid_iterator(self, args, prefixes: list[str], weights: list[float], num_samples: int, consumed: int):
+        """Endless iterator over the validation blend of ``prefixes`` (None off data ranks),
+        resuming after ``consumed`` samples, as Megatron's own loader does."""
         from megatron.core import mpu
         from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
         from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
@@ -153,9 +157,8 @@ class MegatronMixingSession(MixingSession):
                                                        config).build()
         if valid_ds is None:
             return None
-        # continue where the checkpointed run stopped, as Megatron's own loader does
         sampler = MegatronPretrainingSampler(
-            total_samples=len(valid_ds), consumed_samples=(args.consumed_valid_samples or 0) % len(valid_ds),
+            total_samples=len(valid_ds), consumed_samples=consumed % len(valid_ds),
             micro_batch_size=args.micro_batch_size, data_parallel_rank=mpu.get_data_parallel_rank(),
             data_parallel_size=mpu.get_data_parallel_world_size())
         return _cyclic(torch.utils.data.DataLoader(valid_ds, batch_sampler=sampler, num_workers=args.num_workers,

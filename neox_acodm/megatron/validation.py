@@ -2,10 +2,13 @@
 
 Megatron-LM (core_r0.19) evaluates a *list* of validation iterators when
 ``args.multiple_validation_sets`` is set, one ``evaluate`` call per set, and logs
-``lm loss validation-<name>`` for each. With every domain's ``valid_path`` given, the session
-hands it one iterator per domain (in domain order, named after the domains) and turns the
-flags on; the wrappers below read each set's ``lm loss`` from ``evaluate`` and write the
-perplexities on the rank that has Megatron's writer (the last rank, where the losses are).
+``lm loss validation-<name>`` for each. Its loader builder refuses several sets without
+``--full-validation`` (whole sets, which endless per-domain streams are not), so the session
+hands Megatron one :class:`DomainIterators` and the ``evaluate_and_print_results`` wrapper
+expands it: for the call, ``multiple_validation_sets``, ``validation_set_names`` (the domains)
+and per-set ``eval_iters`` are set, and each set's ``lm loss`` is read from ``evaluate``. The
+perplexities are written on the rank that has Megatron's writer (the last rank, where the
+losses are).
 """
 
 from __future__ import annotations
@@ -21,23 +24,43 @@ EVAL_PRINT_PARAMS = ("prefix", "forward_step_func", "data_iterator", "model", "i
 EVALUATE_PARAMS = ("forward_step_func", "data_iterator", "model")
 
 
-def enable_multiple_sets(args, names: list[str]) -> None:
-    """Turn Megatron's multiple validation sets on for one set per domain (``names``)."""
-    if getattr(args, "full_validation", False):
-        from ..config import ConfigError
+class DomainIterators:
+    """The per-domain validation streams, handed to Megatron as its one validation "loader";
+    only the ``evaluate_and_print_results`` wrapper reads them."""
 
+    def __init__(self, iterators: list):
+        self.iterators = list(iterators)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        raise RuntimeError("acodm: the per-domain validation sets are read through neox_acodm's "
+                           "evaluate_and_print_results wrapper, which is not installed")
+
+
+def _domain_sets(data_iterator) -> DomainIterators | None:
+    it = getattr(data_iterator, "iterable", data_iterator)  # Megatron wraps it in RerunDataIterator
+    return it if isinstance(it, DomainIterators) else None
+
+
+def check_validation_args(args, names: list[str]) -> None:
+    """Per-domain validation takes ``eval_iters`` batches of each domain's endless stream."""
+    from ..config import ConfigError
+
+    if getattr(args, "full_validation", False):
         raise ConfigError("--full-validation: per-domain validation (acodm.domains[*].valid_path) evaluates "
                           "eval_iters batches of each domain; remove --full-validation")
+    if getattr(args, "multiple_validation_sets", False):
+        raise ConfigError("--multiple-validation-sets: with acodm.domains[*].valid_path the sets are the "
+                          "domains, set up by neox_acodm; remove the flag")
     given = getattr(args, "validation_set_names", None)
     if given and list(given) != list(names):
-        from ..config import ConfigError
-
         raise ConfigError(f"--validation-set-names {list(given)}: the sets are acodm's domains {list(names)}; "
                           f"drop the flag or list the domains in order")
-    args.multiple_validation_sets = True
-    args.validation_set_names = list(names)
-    if not isinstance(args.eval_iters, (list, tuple)):
-        args.eval_iters = [args.eval_iters] * len(names)
+
+
+_SET_ARGS = ("multiple_validation_sets", "validation_set_names", "eval_iters")
 
 
 class DomainValidation:
@@ -47,9 +70,10 @@ class DomainValidation:
     writer: ``() -> write(tag, value, step) | None`` (Megatron's writer, on the last rank).
     """
 
-    def __init__(self, names: list[str], writer: Callable[[], Callable[[str, float, int], None] | None]):
+    def __init__(self, names: list[str], writer: Callable[[], Callable[[str, float, int], None] | None],
+                 get_args: Callable | None = None):
         self.names, self.writer = list(names), writer
-        self.enabled = False
+        self.get_args = get_args
         self._losses: list[float | None] | None = None
         self.logged: list[dict[str, float]] = []
 
@@ -74,13 +98,22 @@ class DomainValidation:
         val = self
 
         def evaluate_and_print_results(prefix, forward_step_func, data_iterator, model, iteration, *a, **kw):
-            if not val.enabled or not isinstance(data_iterator, (list, tuple)):
+            sets = _domain_sets(data_iterator)
+            if sets is None:
                 return original(prefix, forward_step_func, data_iterator, model, iteration, *a, **kw)
+            args = val._args()
+            saved = {k: getattr(args, k, None) for k in _SET_ARGS}
+            args.multiple_validation_sets, args.validation_set_names = True, list(val.names)
+            n = saved["eval_iters"]
+            args.eval_iters = list(n) if isinstance(n, (list, tuple)) else [n] * len(val.names)
             val._losses = []
             try:
-                out = original(prefix, forward_step_func, data_iterator, model, iteration, *a, **kw)
+                out = original(prefix, forward_step_func, [_rerun(s) for s in sets.iterators], model,
+                               iteration, *a, **kw)
             finally:
                 losses, val._losses = val._losses, None
+                for k, v in saved.items():
+                    setattr(args, k, v)
             metrics = val.ppl(losses)
             write = val.writer() if metrics else None
             if write is not None:
@@ -88,12 +121,22 @@ class DomainValidation:
 
                 for key, value in metrics.items():
                     write(tag(key), value, iteration)
+                flush = getattr(getattr(write, "__self__", None), "flush", None)
+                if callable(flush):  # the last evaluation runs right before the process exits
+                    flush()
                 val.logged.append(metrics)
                 logger.info("acodm per-domain validation ppl at iteration %d | %s", iteration,
                             " | ".join(f"{k.split('/', 1)[1]}: {v:.3f}" for k, v in metrics.items()))
             return out
 
         return evaluate_and_print_results
+
+    def _args(self):
+        if self.get_args is not None:
+            return self.get_args()
+        from megatron.training import get_args
+
+        return get_args()
 
     def wrap_evaluate(self, original):
         val = self
@@ -104,3 +147,12 @@ class DomainValidation:
             return out
 
         return evaluate
+
+
+def _rerun(iterator):
+    """Megatron's replay wrapper around one set's iterator (as its loader builder would)."""
+    try:
+        from megatron.core.rerun_state_machine import RerunDataIterator
+    except ImportError:  # stand-ins without megatron-core
+        return iterator
+    return RerunDataIterator(iterator) if iterator is not None else None
