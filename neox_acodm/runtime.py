@@ -178,6 +178,14 @@ class MixingRuntime:
         """This step's plan (no side effect)."""
         return self._plan
 
+    def set_weights(self, weights) -> None:
+        """Replace the current step's weights [K] and re-plan it (between steps only; every rank
+        must pass the same weights). For tests and tools that drive the plan directly."""
+        if self.in_step:
+            raise RuntimeError("acodm: set_weights() in the middle of a step; call it after end_step()")
+        self.weights = normalize_weights(weights, 0.0, 1.0)
+        self._begin_step()
+
     @property
     def in_step(self) -> bool:
         """True between the first sample drawn / loss recorded of a step and its end_step()."""

@@ -54,8 +54,13 @@ def wrap_init_distributed(timeout_s: float):
                 if "timed out" in str(e).lower() or "timeout" in str(e).lower():
                     raise join_error(join.total_seconds(), e) from e
                 raise
-            if restore:
+            if restore:  # the process group's and its store's own timeout for the rest of the job
                 c10d._set_pg_timeout(full, None)
+                try:
+                    c10d._get_default_store().set_timeout(full)
+                except (AttributeError, RuntimeError, ValueError) as e:
+                    logger.warning("acodm: could not restore the store timeout (%s); later store "
+                                   "waits are bounded by %g s", e, join.total_seconds())
             return out
 
         init_distributed.__wrapped__ = original
@@ -71,7 +76,8 @@ def _destroy_process_group() -> None:
     try:
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
+        # gloo only: NCCL communicators with work in flight may block at shutdown
+        if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
             dist.destroy_process_group()
     except Exception as e:  # noqa: BLE001 - exiting anyway; never turn a clean exit into a failure
         logger.debug("acodm: destroy_process_group at exit failed: %s", e)
@@ -81,7 +87,8 @@ def register_clean_exit() -> None:
     """Destroy the default process group when the interpreter exits (atexit, before module
     teardown). Left to interpreter shutdown, gloo's process group can be torn down while its
     threads are still joinable, and the rank aborts after a finished run with ``terminate called
-    without an active exception`` (signal 6). Destruction is local: no collective at exit."""
+    without an active exception`` (signal 6). Destruction is local: no collective at exit. Only
+    gloo groups are destroyed (the abort is gloo's; NCCL keeps its own shutdown)."""
     global _EXIT_REGISTERED
     if not _EXIT_REGISTERED:
         import atexit

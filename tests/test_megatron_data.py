@@ -86,15 +86,18 @@ def test_frequencies_follow_weights(prefixes):
 def test_changing_weights_never_repeats_or_drops(prefixes):
     _, ds, rt, it = make(prefixes, steps=60)
     rng = np.random.default_rng(0)
-    drawn = [[], [], []]
+    drawn, plans = [[], [], []], []
     for _ in range(60):
-        rt.weights = rng.dirichlet(np.ones(3))  # an adversarial mixer: new weights every step
+        rt.set_weights(rng.dirichlet(np.ones(3)))  # an adversarial mixer: new weights every step
+        planned = rt.plan().counts
         for r in range(rt.dp_size):
             for d, idx in rt.micro_batches(r):
                 drawn[d].extend(idx.tolist())
         for _ in range(rt.grad_accum):
             next(it)
         rt.end_step()
+        plans.append(tuple(planned))
+    assert len(set(plans)) > 10, "the weights never changed the plan"
     for d in range(3):
         size = ds.sizes[d]
         assert len(drawn[d]) < size

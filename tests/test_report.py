@@ -88,7 +88,7 @@ def test_report_of_a_deepspeed_run(tmp_path):
     page = (tmp_path / "rep" / "report.html").read_text()
     for stem in ("weights", "train_loss", "rewards", "agent", "reward_time", "grad_cos", "projected_epochs"):
         assert (tmp_path / "rep" / f"{stem}.png").is_file() and f'alt="{stem}"' in page
-    assert "val_ppl" not in os.listdir(tmp_path / "rep")  # nothing to draw: no panel
+    assert not {"val_ppl.png", "shadow_weights.png"} & set(os.listdir(tmp_path / "rep"))  # no data: no panel
     imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)  # self-contained: inlined PNGs
     assert len(imgs) == 7 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in imgs)
 
@@ -100,6 +100,8 @@ def test_report_reads_a_run_in_progress_and_keeps_the_last_write_of_a_step(tmp_p
     for s in range(1, 6):
         tb.add_scalar("acodm/weight/a", 0.5, s)
         tb.add_scalar("acodm/weight/b", 0.5, s)
+        tb.add_scalar("acodm/shadow_weight/a", 0.7, s)  # a shadow-mode run
+        tb.add_scalar("acodm/shadow_weight/b", 0.3, s)
     tb.flush()  # still open: a run in progress
     assert list(read_run(tmp_path).family("weight")["a"].steps) == [1, 2, 3, 4, 5]
     tb2 = SummaryWriter(str(tmp_path))  # a resumed run re-logs steps 4, 5 in a new event file
@@ -109,7 +111,8 @@ def test_report_reads_a_run_in_progress_and_keeps_the_last_write_of_a_step(tmp_p
     tb2.flush()
     a = read_run(tmp_path).family("weight")["a"]
     assert list(a.steps) == list(range(1, 8)) and list(a.values) == [0.5] * 3 + [0.25] * 4
-    assert write_report(tmp_path).name == "report.html"
+    page = write_report(tmp_path)
+    assert page.name == "report.html" and (page.parent / "shadow_weights.png").is_file()
     tb.close(), tb2.close()
 
 

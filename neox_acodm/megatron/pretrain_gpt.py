@@ -15,13 +15,13 @@ The data come from ``acodm.domains`` (``train_path``/``valid_path`` prefixes), n
 * Training data: one megatron-core ``GPTDataset`` per domain, built by
   ``BlendedMegatronDatasetBuilder`` and sized for the largest weight a domain may reach,
   read through :class:`~neox_acodm.megatron.data.DynamicBlendedIterator` in the order of the
-  deterministic plan (``--dataloader-type external``). Validation uses a fixed megatron-core
-  ``BlendedDataset`` over the domains' ``valid_path`` at the initial weights, so validation
-  losses stay comparable across runs and mixers.
+  deterministic plan (``--dataloader-type external``). Validation: one megatron-core dataset
+  per domain's ``valid_path``, evaluated as Megatron's multiple validation sets named after
+  the domains (:mod:`.validation`), so validation losses stay comparable across mixers.
 * ``forward_step``: the stock one, with its loss function wrapped to record each training
   micro-batch's mean loss under its planned domain. Gradients of the selected layers are
-  captured by the runtime's probe (tensor hooks), so ``--no-gradient-accumulation-fusion`` is
-  required when rewards are computed.
+  captured by the runtime's probe (tensor hooks); fused wgrad accumulation stays on for every
+  other layer (:func:`~neox_acodm.megatron.model.unfuse_selected`).
 * ``train_step`` (Megatron's module global): after the optimizer step every rank calls
   :meth:`MixingRuntime.end_step` (reduce over DP/TP/PP, agent update on global rank 0,
   broadcast of the weights).

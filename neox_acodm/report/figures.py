@@ -33,21 +33,24 @@ def _lines(ax, family: dict, order: list[str], ylabel: str, log: bool = False) -
         ax.legend(fontsize=7, ncol=2)
 
 
-def weights(run: RunScalars, ax) -> bool:
-    fam = run.family("weight")
-    if not fam:
-        return False
-    names = [n for n in run.domains if n in fam]
-    steps = fam[names[0]].steps
-    stack = np.stack([np.interp(steps, fam[n].steps, fam[n].values) for n in names])
-    ax.stackplot(steps, stack, labels=names, linewidth=0)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("sampling weight")
-    ax.set_title("domain weights (stacked)")
-    if len(names) <= 12:
-        ax.legend(fontsize=7, ncol=2, loc="upper right")
-    return True
+def _stacked(family: str, title: str) -> Callable:
+    def draw(run: RunScalars, ax) -> bool:
+        fam = run.family(family)
+        names = [n for n in run.domains if n in fam]
+        if not names:
+            return False
+        steps = fam[names[0]].steps
+        stack = np.stack([np.interp(steps, fam[n].steps, fam[n].values) for n in names])
+        ax.stackplot(steps, stack, labels=names, linewidth=0)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("step")
+        ax.set_ylabel("sampling weight")
+        ax.set_title(title)
+        if len(names) <= 12:
+            ax.legend(fontsize=7, ncol=2, loc="upper right")
+        return True
+
+    return draw
 
 
 def _family_panel(family: str, title: str, ylabel: str, log: bool = False) -> Callable:
@@ -81,9 +84,11 @@ def reward_time(run: RunScalars, ax) -> bool:
     s = run.series.get("reward_path_seconds")
     if s is None or s.steps.size < 2:
         return False
-    dt = np.diff(s.wall)
-    ok = dt > 0
-    share = np.diff(s.values)[ok] / dt[ok]
+    dt, dv = np.diff(s.wall), np.diff(s.values)
+    ok = (dt > 0) & (dv >= 0)  # the seconds restart from 0 in a resumed process
+    if not ok.any():
+        return False
+    share = dv[ok] / dt[ok]
     ax.plot(s.steps[1:][ok], 100 * share, lw=1.0)
     ax.set_xlabel("step")
     ax.set_ylabel("% of wall time")
@@ -114,7 +119,8 @@ def grad_cos(run: RunScalars, ax) -> bool:
 
 #: (file stem, drawer, square figure)
 PANELS = [
-    ("weights", weights, False),
+    ("weights", _stacked("weight", "domain weights (stacked)"), False),
+    ("shadow_weights", _stacked("shadow_weight", "shadow mode: the weights the mixer would choose"), False),
     ("train_loss", _family_panel("loss", "per-domain training loss", "loss"), False),
     ("val_ppl", _family_panel("val_ppl", "per-domain validation perplexity", "ppl", log=True), False),
     ("rewards", _family_panel("reward", "per-domain reward estimate", "reward"), False),

@@ -29,8 +29,8 @@ def _last(series, default=float("nan")) -> float:
 
 
 def _summary_table(run: RunScalars) -> str:
-    cols = [("weight", "weight"), ("loss", "train loss"), ("val_ppl", "val ppl"),
-            ("projected_epochs", "projected epochs")]
+    cols = [("weight", "weight"), ("shadow_weight", "shadow weight"), ("loss", "train loss"),
+            ("val_ppl", "val ppl"), ("projected_epochs", "projected epochs")]
     fams = {c: run.family(c) for c, _ in cols}
     shown = [(c, t) for c, t in cols if fams[c]]
     rows = ["<tr><th>domain</th>" + "".join(f"<th>{t} (last)</th>" for _, t in shown) + "</tr>"]
