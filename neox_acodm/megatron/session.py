@@ -136,14 +136,14 @@ class MegatronMixingSession(MixingSession):
             # Megatron counts every set's samples in one consumed_valid_samples: each domain's
             # stream read an equal share of it (the same eval_iters per set)
             consumed = (args.consumed_valid_samples or 0) // len(prefixes)
-            valid = DomainIterators([self._valid_iterator(args, [p], [1.0], train_val_test_num_samples[1], consumed)
+            valid = DomainIterators([self._valid_iterator(args, p, train_val_test_num_samples[1], consumed)
                                      for p in prefixes])
         elif any(prefixes):
             raise ConfigError("acodm.domains[*].valid_path: give it for every domain or for none")
         return self.train_iter, valid, None
 
-    def _valid_iterator(self, args, prefixes: list[str], weights: list[float], num_samples: int, consumed: int):
-        """Endless iterator over the validation blend of ``prefixes`` (None off data ranks),
+    def _valid_iterator(self, args, prefix: str, num_samples: int, consumed: int):
+        """Endless iterator over one domain's validation data ``prefix`` (None off data ranks),
         resuming after ``consumed`` samples, as Megatron's own loader does."""
         from megatron.core import mpu
         from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
@@ -151,7 +151,7 @@ class MegatronMixingSession(MixingSession):
         from megatron.training.datasets.data_samplers import MegatronPretrainingSampler
 
         config = GPTDatasetConfig(random_seed=args.seed, sequence_length=args.seq_length,
-                                  blend_per_split=[None, (prefixes, weights), None], tokenizer=self._tokenizer(args),
+                                  blend_per_split=[None, ([prefix], [1.0]), None], tokenizer=self._tokenizer(args),
                                   path_to_cache=args.data_cache_path, **self._gpt_kwargs(args))
         _, valid_ds, _ = BlendedMegatronDatasetBuilder(GPTDataset, [0, num_samples, 0], self._is_data_rank,
                                                        config).build()

@@ -75,7 +75,6 @@ class DomainValidation:
         self.names, self.writer = list(names), writer
         self.get_args = get_args
         self._losses: list[float | None] | None = None
-        self.logged: list[dict[str, float]] = []
 
     def record(self, result) -> None:
         """``evaluate``'s return value ``(total_loss_dict, non_loss_data, timelimit)``."""
@@ -124,7 +123,6 @@ class DomainValidation:
                 flush = getattr(getattr(write, "__self__", None), "flush", None)
                 if callable(flush):  # the last evaluation runs right before the process exits
                     flush()
-                val.logged.append(metrics)
                 logger.info("acodm per-domain validation ppl at iteration %d | %s", iteration,
                             " | ".join(f"{k.split('/', 1)[1]}: {v:.3f}" for k, v in metrics.items()))
             return out
