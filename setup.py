@@ -10,6 +10,7 @@ installed (build isolation would download a CUDA torch).
 """
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -26,9 +27,11 @@ def _extensions():
     try:
         from torch.utils import cpp_extension
     except ImportError:
-        sys.exit("neox_acodm: building the extension needs torch installed first "
-                 "(pip install torch==2.13.0), then pip install --no-build-isolation -e .; "
-                 "or set NEOX_ACODM_SKIP_EXT=1")
+        sys.exit(
+            "neox_acodm: building the extension needs torch installed first "
+            "(pip install torch==2.13.0), then pip install --no-build-isolation -e .; "
+            "or set NEOX_ACODM_SKIP_EXT=1"
+        )
     import torch
 
     # no -std flag: torch's BuildExtension adds the standard torch itself was built with (C++20
@@ -42,17 +45,21 @@ def _extensions():
     want_cuda = FORCE_CUDA or (torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None)
     if want_cuda:
         if cpp_extension.CUDA_HOME is None:
-            sys.exit("neox_acodm: NEOX_ACODM_FORCE_CUDA=1 but torch found no CUDA toolkit "
-                     "(CUDA_HOME unset and this torch is a CPU build?); install a CUDA torch "
-                     "matching your nvcc or unset NEOX_ACODM_FORCE_CUDA")
+            sys.exit(
+                "neox_acodm: NEOX_ACODM_FORCE_CUDA=1 but torch found no CUDA toolkit "
+                "(CUDA_HOME unset and this torch is a CPU build?); install a CUDA torch "
+                "matching your nvcc or unset NEOX_ACODM_FORCE_CUDA"
+            )
         sources.append("csrc/domain_ops_cuda.cu")
         ext = cpp_extension.CUDAExtension(
-            "neox_acodm._C", sources, define_macros=[("NEOX_ACODM_WITH_CUDA", "1")],
+            "neox_acodm._C",
+            sources,
+            define_macros=[("NEOX_ACODM_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math"]},
-            extra_link_args=["-fopenmp"])
+            extra_link_args=["-fopenmp"],
+        )
     else:
-        ext = cpp_extension.CppExtension("neox_acodm._C", sources, extra_compile_args=cxx,
-                                         extra_link_args=["-fopenmp"])
+        ext = cpp_extension.CppExtension("neox_acodm._C", sources, extra_compile_args=cxx, extra_link_args=["-fopenmp"])
     print(f"neox_acodm: building extension ({'CUDA + CPU' if want_cuda else 'CPU'})")
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
@@ -65,11 +72,18 @@ def _x86_has_avx2() -> bool:
         return False
 
 
+def _version() -> str:
+    """The one version: ``neox_acodm.__version__``."""
+    text = (ROOT / "neox_acodm" / "__init__.py").read_text()
+    return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
+
+
 ext_modules, cmdclass = _extensions()
 
 setup(
     name="neox_acodm",
-    version="0.1.0",
+    version=_version(),
+    license="Apache-2.0",
     description="Actor-Critic Online Data Mixing (AC-ODM) for GPT-NeoX and Megatron",
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
@@ -77,12 +91,13 @@ setup(
     # the top-level patches/ folder is installed as neox_acodm.patches
     packages=find_packages(include=["neox_acodm", "neox_acodm.*"]) + ["neox_acodm.patches"],
     package_dir={"neox_acodm.patches": "patches"},
-    package_data={"neox_acodm.benchmix": ["scenarios/*.yml"], "neox_acodm": ["domain_lists/*.yml"]},
-    install_requires=["torch>=2.1", "numpy", "pyyaml", "sentencepiece", "pybind11"],
+    package_data={"neox_acodm.tools.benchmix": ["scenarios/*.yml"], "neox_acodm": ["domain_lists/*.yml"]},
+    install_requires=["torch>=2.1", "numpy", "pyyaml"],
     extras_require={
-        "dev": ["pytest"],
-        # the embedded demo: HF GPT-NeoX (Pythia) model, megatron-core indexed datasets, plots
-        "demo": ["transformers>=4.38", "megatron-core>=0.16", "matplotlib", "tqdm"],
+        "dev": ["pytest", "ruff"],
+        # the embedded demo / bench-mix: HF GPT-NeoX (Pythia) model, a local SentencePiece
+        # tokenizer, megatron-core indexed datasets, plots, a progress bar
+        "demo": ["transformers>=4.38", "sentencepiece", "megatron-core>=0.16", "matplotlib", "tqdm"],
         # GPT-NeoX path and its CPU tests (install with DS_BUILD_OPS=0 on machines without CUDA)
         "neox": ["deepspeed>=0.14"],
         # neox-acodm report: TensorBoard's event reader and the plots
@@ -90,5 +105,5 @@ setup(
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    entry_points={"console_scripts": ["neox-acodm=neox_acodm.cli:main"]},
+    entry_points={"console_scripts": ["neox-acodm=neox_acodm.tools.cli:main"]},
 )

@@ -13,9 +13,16 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "ACODMConfig": "config", "ConfigError": "config", "load_config": "config", "parse_config": "config",
-    "DomainCursors": "plan", "StepPlan": "plan", "build_step_plan": "plan", "normalize_weights": "plan",
-    "MixingRuntime": "runtime", "ParallelLayout": "dist",
+    "ACODMConfig": "config",
+    "ConfigError": "config",
+    "load_config": "config",
+    "parse_config": "config",
+    "DomainCursors": "plan",
+    "StepPlan": "plan",
+    "build_step_plan": "plan",
+    "normalize_weights": "plan",
+    "MixingRuntime": "runtime",
+    "ParallelLayout": "dist",
 }
 
 __all__ = ["__version__", *_LAZY]

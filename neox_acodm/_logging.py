@@ -16,5 +16,4 @@ def warn_once(logger: logging.Logger, msg: str, *args) -> None:
 
 def setup_cli_logging(level: int = logging.INFO) -> None:
     """For entry points only (CLI, demo): a plain stderr handler."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

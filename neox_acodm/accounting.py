@@ -20,8 +20,9 @@ def epochs_read(positions: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return np.asarray(positions, dtype=np.float64) / np.maximum(np.asarray(sizes, dtype=np.float64), 1)
 
 
-def projected_epochs(positions: np.ndarray, sizes: np.ndarray, weights: np.ndarray, steps_left: int,
-                     samples_per_step: int) -> np.ndarray:
+def projected_epochs(
+    positions: np.ndarray, sizes: np.ndarray, weights: np.ndarray, steps_left: int, samples_per_step: int
+) -> np.ndarray:
     """[K] epochs read by the end of the run at the current weights."""
     future = np.asarray(weights, dtype=np.float64) * max(0, steps_left) * samples_per_step
     return epochs_read(np.asarray(positions, dtype=np.float64) + future, sizes)
@@ -40,14 +41,21 @@ class RepeatWatch:
         new = [n for n, e in zip(self.names, projected) if e > self.max_epochs and n not in self.warned]
         for n, e in zip(self.names, projected):
             if n in new:
-                logger.warning("acodm: at the step-%d weights, domain %r will have been read %.2f times by "
-                               "the end of the run (acodm.sampling.max_epochs=%g)", step, n, e, self.max_epochs)
+                logger.warning(
+                    "acodm: at the step-%d weights, domain %r will have been read %.2f times by "
+                    "the end of the run (acodm.sampling.max_epochs=%g)",
+                    step,
+                    n,
+                    e,
+                    self.max_epochs,
+                )
         self.warned.update(new)
         return new
 
 
-def accounting_metrics(names, positions, sizes, weights, steps_left, samples_per_step,
-                       tokens_per_sample: np.ndarray | None) -> tuple[dict[str, float], np.ndarray]:
+def accounting_metrics(
+    names, positions, sizes, weights, steps_left, samples_per_step, tokens_per_sample: np.ndarray | None
+) -> tuple[dict[str, float], np.ndarray]:
     """(``epochs/<d>``, ``projected_epochs/<d>`` and, with token counts, ``tokens/<d>``; the
     projected epochs [K])."""
     read = epochs_read(positions, sizes)

@@ -22,8 +22,10 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 _MAGIC = b"NEOX_ACODM_STATE 1 "
-_WHAT = ("a neox_acodm state file written by MixingRuntime.save (e.g. <save>/global_stepN/acodm/"
-         "state.pt or <save>/acodm/iter_N.pt) or a proxy policy written by a proxy source run")
+_WHAT = (
+    "a neox_acodm state file written by MixingRuntime.save (e.g. <save>/global_stepN/acodm/"
+    "state.pt or <save>/acodm/iter_N.pt) or a proxy policy written by a proxy source run"
+)
 
 
 class CheckpointError(ValueError):
@@ -95,19 +97,19 @@ def load(path: str | os.PathLike) -> dict:
     if not raw:
         raise CheckpointError(f"{path}: the file is empty; it should be {_WHAT}")
     if not raw.startswith(_MAGIC):
-        raise CheckpointError(f"{path}: not a neox_acodm state file (no NEOX_ACODM_STATE header); "
-                              f"it should be {_WHAT}")
+        raise CheckpointError(f"{path}: not a neox_acodm state file (no NEOX_ACODM_STATE header); it should be {_WHAT}")
     header, sep, payload = raw.partition(b"\n")
-    digest = header[len(_MAGIC):].decode("ascii", "replace")
+    digest = header[len(_MAGIC) :].decode("ascii", "replace")
     if not sep or hashlib.sha256(payload).hexdigest() != digest:
-        raise CheckpointError(f"{path}: checksum mismatch (the file is truncated or corrupted); "
-                              f"restore it from a good checkpoint")
+        raise CheckpointError(
+            f"{path}: checksum mismatch (the file is truncated or corrupted); restore it from a good checkpoint"
+        )
     try:
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors have many types
-        raise CheckpointError(f"{path}: the payload cannot be read ({type(e).__name__}); it "
-                              f"should be {_WHAT}") from None
+        raise CheckpointError(
+            f"{path}: the payload cannot be read ({type(e).__name__}); it should be {_WHAT}"
+        ) from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not the expected mapping; "
-                              f"it should be {_WHAT}")
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not the expected mapping; it should be {_WHAT}")
     return state

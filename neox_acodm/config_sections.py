@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from .typed_yaml import ConfigError, _f
+from .typed_yaml import ConfigError, field
 
 _LAYER_WORDS = ("all", "first_and_even")
 
@@ -18,21 +18,25 @@ _LAYER_WORDS = ("all", "first_and_even")
 class DomainSpec:
     """One data domain: a name and the data prefixes NeoX/Megatron read for it."""
 
-    name: str = _f(doc="Unique domain name, used in logs (`acodm/weight/<name>`) and checkpoints.")
-    train_path: str | None = _f(
-        None, doc="Indexed-dataset prefix (`.bin/.idx` without extension) of the training data; "
-        "must equal the matching entry of NeoX `train_data_paths` when used with NeoX."
+    name: str = field(doc="Unique domain name, used in logs (`acodm/weight/<name>`) and checkpoints.")
+    train_path: str | None = field(
+        None,
+        doc="Indexed-dataset prefix (`.bin/.idx` without extension) of the training data; "
+        "must equal the matching entry of NeoX `train_data_paths` when used with NeoX.",
     )
-    valid_path: str | None = _f(None, doc="Indexed-dataset prefix of the validation data (optional).")
-    weight: float | None = _f(
-        None, doc="Initial sampling weight (any positive scale; normalised). Used when "
-        "`initial_weights` is `config`.", rng=(0.0, None, False, None)
+    valid_path: str | None = field(None, doc="Indexed-dataset prefix of the validation data (optional).")
+    weight: float | None = field(
+        None,
+        doc="Initial sampling weight (any positive scale; normalised). Used when `initial_weights` is `config`.",
+        rng=(0.0, None, False, None),
     )
-    metric_weight: float = _f(
-        1.0, doc="How much this domain's loss counts in the objective the gradient rewards serve "
+    metric_weight: float = field(
+        1.0,
+        doc="How much this domain's loss counts in the objective the gradient rewards serve "
         "(`reward.mode: aligned` and the `gram_*` mixers): the reward of domain i is "
         "sum_j metric_weight_j <g_i, g_j>. 0 = a domain you train on but do not target.",
-        rng=(0.0, None, True, None))
+        rng=(0.0, None, True, None),
+    )
 
 
 # Role aliases of ParamSelector.module: the MLP/attention projection names of the frameworks we support.
@@ -58,16 +62,18 @@ class ParamSelector:
     picks among them with Python indexing.
     """
 
-    module: str = _f(
-        "mlp_out", doc="Role alias (`mlp_out`, `mlp_in`, `attn_out`, `attn_qkv`) or a regular "
-        "expression searched in the module's qualified name."
+    module: str = field(
+        "mlp_out",
+        doc="Role alias (`mlp_out`, `mlp_in`, `attn_out`, `attn_qkv`) or a regular "
+        "expression searched in the module's qualified name.",
     )
-    layers: tuple[int, ...] | str = _f(
-        (-1, -3, -5), doc="Layer positions among the matches: a list of Python indices "
+    layers: tuple[int, ...] | str = field(
+        (-1, -3, -5),
+        doc="Layer positions among the matches: a list of Python indices "
         "(`[-1, -3, -5]`), a slice string (`'::2'`), `all`, or `first_and_even` (layer 0 and "
-        "every even 1-based layer, the paper's norm-layer choice)."
+        "every even 1-based layer, the paper's norm-layer choice).",
     )
-    param: str = _f("weight", doc="Parameter name inside the module (`weight` or `bias`).")
+    param: str = field("weight", doc="Parameter name inside the module (`weight` or `bias`).")
 
     def _check(self, path: str) -> None:
         """Cross-field checks (called by the typed-YAML engine after the fields)."""
@@ -87,8 +93,10 @@ class ParamSelector:
         if isinstance(self.layers, tuple) and not self.layers:
             raise ConfigError(f"{path}.layers: must select at least one layer")
         if not self.module.strip():
-            raise ConfigError(f"{path}.module: an empty pattern matches every module; give a role "
-                              f"alias (mlp_out, mlp_in, attn_out, attn_qkv) or a regex")
+            raise ConfigError(
+                f"{path}.module: an empty pattern matches every module; give a role "
+                f"alias (mlp_out, mlp_in, attn_out, attn_qkv) or a regex"
+            )
         try:
             compile_module_pattern(self.module)
         except Exception as e:  # re.error
@@ -99,56 +107,68 @@ class ParamSelector:
 class SamplingConfig:
     """How weights become the domains of a step's micro-batches."""
 
-    min_microbatches_per_domain: int = _f(
-        0, doc="Floor: every domain gets at least this many micro-batches per global step "
+    min_microbatches_per_domain: int = field(
+        0,
+        doc="Floor: every domain gets at least this many micro-batches per global step "
         "(the reference code's `domain_num`, 1 there). Needs K*floor <= dp*grad_accum.",
         rng=(0, None, True, None),
     )
-    min_weight: float = _f(
-        0.0, doc="Every weight is clipped to at least this value before renormalising.",
+    min_weight: float = field(
+        0.0,
+        doc="Every weight is clipped to at least this value before renormalising.",
         rng=(0.0, 1.0, True, False),
     )
-    max_weight: float = _f(
-        1.0, doc="Cap on any single weight; per-domain datasets are sized for it "
-        "(N * max_weight samples).", rng=(0.0, 1.0, False, True)
+    max_weight: float = field(
+        1.0,
+        doc="Cap on any single weight; per-domain datasets are sized for it (N * max_weight samples).",
+        rng=(0.0, 1.0, False, True),
     )
-    allocation: Literal["iid", "stratified"] = _f(
-        "iid", doc="How a step's micro-batches are drawn from the weights: `iid` draws (paper, "
+    allocation: Literal["iid", "stratified"] = field(
+        "iid",
+        doc="How a step's micro-batches are drawn from the weights: `iid` draws (paper, "
         "reference code) or `stratified` (systematic sampling: counts floor/ceil of n*w, same "
-        "expectation, far less per-step variance).")
-    max_epochs: float | None = _f(
-        None, doc="Warn (once per domain) when, at the current weights, a domain is projected to be "
+        "expectation, far less per-step variance).",
+    )
+    max_epochs: float | None = field(
+        None,
+        doc="Warn (once per domain) when, at the current weights, a domain is projected to be "
         "read more than this many times by the end of the run; null = no warning. The projected "
         "epochs are logged as `acodm/projected_epochs/<domain>` either way.",
-        rng=(0.0, None, False, None))
-    temperature: float = _f(
-        1.0, doc="With `initial_weights: tokens`, weights are proportional to tokens^(1/temperature) "
-        "(temperature sampling; 1 = natural mix, large = uniform).", rng=(0.0, None, False, None))
+        rng=(0.0, None, False, None),
+    )
+    temperature: float = field(
+        1.0,
+        doc="With `initial_weights: tokens`, weights are proportional to tokens^(1/temperature) "
+        "(temperature sampling; 1 = natural mix, large = uniform).",
+        rng=(0.0, None, False, None),
+    )
 
     def _check(self, path: str) -> None:
         """Cross-field checks (called by the typed-YAML engine after the fields)."""
         if self.min_weight >= self.max_weight:
-            raise ConfigError(f"{path}.min_weight: must be below max_weight ({self.max_weight}), "
-                              f"got {self.min_weight}")
+            raise ConfigError(f"{path}.min_weight: must be below max_weight ({self.max_weight}), got {self.min_weight}")
 
 
 @dataclass(frozen=True)
 class ODMConfig:
     """ODM baseline (Albalak et al. 2023): Exp3 over domains with the training loss as reward."""
 
-    variant: Literal["paper", "smoothed_mean", "exp3"] = _f(
-        "paper", doc="`paper`: importance-weighted EMA of the loss in a Gibbs policy with "
+    variant: Literal["paper", "smoothed_mean", "exp3"] = field(
+        "paper",
+        doc="`paper`: importance-weighted EMA of the loss in a Gibbs policy with "
         "eps_{t-1} temperature; `smoothed_mean`: the ODM repo's EMA of exp(loss), linear "
-        "normalisation; `exp3`: the repo's cumulative importance-weighted reward."
+        "normalisation; `exp3`: the repo's cumulative importance-weighted reward.",
     )
-    smoothing: float = _f(0.9, doc="EMA factor alpha of the reward estimate.", rng=(0.0, 1.0, True, False))
-    reward_scale: float = _f(
-        1.0, doc="Multiplier on the loss before it enters the estimate (the repo's exp3 uses 0.1).",
+    smoothing: float = field(0.9, doc="EMA factor alpha of the reward estimate.", rng=(0.0, 1.0, True, False))
+    reward_scale: float = field(
+        1.0,
+        doc="Multiplier on the loss before it enters the estimate (the repo's exp3 uses 0.1).",
         rng=(0.0, None, False, None),
     )
-    warmup_steps: int = _f(
-        0, doc="Steps that sample with the initial weights before the bandit starts; t counts "
-        "from the end of warm-up.", rng=(0, None, True, None)
+    warmup_steps: int = field(
+        0,
+        doc="Steps that sample with the initial weights before the bandit starts; t counts from the end of warm-up.",
+        rng=(0, None, True, None),
     )
 
 
@@ -156,35 +176,44 @@ class ODMConfig:
 class RewardConfig:
     """The gradient-alignment reward of AC-ODM."""
 
-    mode: Literal["paper", "reference", "aligned"] = _f(
-        "paper", doc="`paper`: importance-corrected EMA of the scale-free alignment, scalar "
+    mode: Literal["paper", "reference", "aligned"] = field(
+        "paper",
+        doc="`paper`: importance-corrected EMA of the scale-free alignment, scalar "
         "reward sum_i a_i r_i and scalar critic. `reference`: the reference code's z-scored "
         "vector reward and vector critic (with its defects fixed). `aligned`: an unbiased EMA of "
         "the Gram *entries* (Horvitz-Thompson by the plan's inclusion probabilities, updated every "
-        "step), r_i = sum_j metric_weight_j G_ij with the self term per `self_term`."
+        "step), r_i = sum_j metric_weight_j G_ij with the self term per `self_term`.",
     )
-    params: ParamSelector = _f(
-        factory=ParamSelector, doc="Weight tensors whose per-domain gradients form the reward "
-        "(default: MLP output projection of layers -1, -3, -5)."
+    params: ParamSelector = field(
+        factory=ParamSelector,
+        doc="Weight tensors whose per-domain gradients form the reward "
+        "(default: MLP output projection of layers -1, -3, -5).",
     )
-    estimator: Literal["exact", "sketch"] = _f(
-        "exact", doc="`exact`: dense per-domain gradient buffer [K, P]; `sketch`: count-sketch "
-        "[K, sketch_dim] (unbiased inner products, O(P) per micro-batch, all-reducible)."
+    estimator: Literal["exact", "sketch"] = field(
+        "exact",
+        doc="`exact`: dense per-domain gradient buffer [K, P]; `sketch`: count-sketch "
+        "[K, sketch_dim] (unbiased inner products, O(P) per micro-batch, all-reducible).",
     )
-    sketch_dim: int = _f(16384, doc="Count-sketch width k (a multiple of 8).", rng=(8, None, True, None))
-    sketch_seed: int = _f(0, doc="Seed of the count-sketch hashes (identical on every rank).",
-                          rng=(0, 2**32 - 1, True, True))
-    ema: float = _f(0.9, doc="xi, the EMA factor of the paper's reward (not given by the paper).",
-                    rng=(0.0, 1.0, True, False))
-    importance_correction: bool = _f(True, doc="Divide the alignment by the domain's sampling "
-                                     "probability (paper).")
-    self_term: Literal["drop", "lagged", "raw"] = _f(
-        "lagged", doc="`aligned` mode's diagonal <g_i, g_i>: `lagged` = <g_i(t), g_i(t-1)> "
+    sketch_dim: int = field(16384, doc="Count-sketch width k (a multiple of 8).", rng=(8, None, True, None))
+    sketch_seed: int = field(
+        0, doc="Seed of the count-sketch hashes (identical on every rank).", rng=(0, 2**32 - 1, True, True)
+    )
+    ema: float = field(
+        0.9, doc="xi, the EMA factor of the paper's reward (not given by the paper).", rng=(0.0, 1.0, True, False)
+    )
+    importance_correction: bool = field(True, doc="Divide the alignment by the domain's sampling probability (paper).")
+    self_term: Literal["drop", "lagged", "raw"] = field(
+        "lagged",
+        doc="`aligned` mode's diagonal <g_i, g_i>: `lagged` = <g_i(t), g_i(t-1)> "
         "(unbiased: independent samples; keeps one more [K, P] buffer), `raw` = ||g_i(t)||^2 "
-        "(includes the sampling noise), `drop` = 0 (paper).")
-    clip: float = _f(10.0, doc="Clip of the normalised alignment (paper mode) / of W/mean|g| "
-                     "(reference mode, where the code used 999).", rng=(0.0, None, False, None))
-    backend: Literal["auto", "ext", "torch"] = _f(
+        "(includes the sampling noise), `drop` = 0 (paper).",
+    )
+    clip: float = field(
+        10.0,
+        doc="Clip of the normalised alignment (paper mode) / of W/mean|g| (reference mode, where the code used 999).",
+        rng=(0.0, None, False, None),
+    )
+    backend: Literal["auto", "ext", "torch"] = field(
         "auto", doc="Kernel backend for accumulation/Gram (`NEOX_ACODM_OPS` overrides)."
     )
 
@@ -198,105 +227,52 @@ class RewardConfig:
 class StateConfig:
     """The agent's observation."""
 
-    norm_params: ParamSelector = _f(
+    norm_params: ParamSelector = field(
         factory=lambda: ParamSelector(layers="first_and_even"),
         doc="Weight tensors whose norms and update norms enter the state.",
     )
-    normalize: Literal["zscore", "none"] = _f(
-        "zscore", doc="Per-group z-scoring across domains/layers (keeps the state scale-free, "
-        "which proxy transfer relies on)."
+    normalize: Literal["zscore", "none"] = field(
+        "zscore",
+        doc="Per-group z-scoring across domains/layers (keeps the state scale-free, which proxy transfer relies on).",
     )
-    update_norm: Literal["auto", "exact", "norm_change"] = _f(
-        "auto", doc="`exact`: ||W_t - W_{t-1}|| (paper; keeps a device copy of the norm "
+    update_norm: Literal["auto", "exact", "norm_change"] = field(
+        "auto",
+        doc="`exact`: ||W_t - W_{t-1}|| (paper; keeps a device copy of the norm "
         "layers); `norm_change`: | ||W_t|| - ||W_{t-1}|| | (no copy); `auto`: `exact` without "
-        "tensor/pipeline parallelism, `norm_change` with it."
+        "tensor/pipeline parallelism, `norm_change` with it.",
     )
-    include_reward: bool = _f(
-        False, doc="Append the per-domain reward estimate (z-scored, [K]) to the state, so the "
-        "critic sees what the reward depends on.")
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    """DDPG actor-critic."""
-
-    hidden_dim: int = _f(1024, doc="Width of actor and critic MLPs.", rng=(1, None, True, None))
-    num_layers: int = _f(5, doc="Linear-LayerNorm-ReLU blocks per net.", rng=(1, None, True, None))
-    gamma: float = _f(0.95, doc="Discount.", rng=(0.0, 1.0, True, False))
-    tau: float = _f(0.001, doc="Soft target update rate.", rng=(0.0, 1.0, False, True))
-    actor_lr: float = _f(1e-4, doc="Peak actor learning rate (AdamW).", rng=(0.0, None, False, None))
-    critic_lr: float = _f(1e-3, doc="Peak critic learning rate (AdamW).", rng=(0.0, None, False, None))
-    min_lr_ratio: float = _f(0.1, doc="Final LR as a fraction of the peak.", rng=(0.0, 1.0, True, True))
-    lr_warmup_steps: int = _f(0, doc="Linear LR warm-up, in agent updates.", rng=(0, None, True, None))
-    lr_decay: Literal["cosine", "linear", "constant"] = _f("cosine", doc="LR decay after warm-up.")
-    weight_decay: float = _f(0.0, doc="AdamW decoupled weight decay.", rng=(0.0, None, True, None))
-    grad_clip: float = _f(1.0, doc="Gradient-norm clip per net (0 disables).", rng=(0.0, None, True, None))
-    kl_coef: float = _f(
-        1.0, doc="beta of the actor's KL(mu(s) || initial weights) penalty. For a linear reward the "
-        "regularised optimum is a_i ~ prior_i exp(q_i / beta) (ODM's Gibbs form) instead of one "
-        "domain; 0 = the paper's unregularised objective (collapses onto one domain, see README).",
-        rng=(0.0, None, True, None))
-    batch_size: int = _f(32, doc="Replay mini-batch.", rng=(1, None, True, None))
-    buffer_size: int = _f(10000, doc="Replay capacity (FIFO ring).", rng=(1, None, True, None))
-    updates_per_step: int = _f(1, doc="Agent updates per LM step.", rng=(0, None, True, None))
-    warmup_steps: int = _f(
-        833, doc="LM steps during which the behaviour policy replaces the actor (paper: 833).",
-        rng=(0, None, True, None),
+    include_reward: bool = field(
+        False,
+        doc="Append the per-domain reward estimate (z-scored, [K]) to the state, so the "
+        "critic sees what the reward depends on.",
     )
-    warmup_policy: Literal["prior_noise", "odm"] = _f(
-        "prior_noise", doc="Behaviour during warm-up: `prior_noise` = initial weights + N(0, "
-        "warmup_noise_std) (paper); `odm` = the ODM bandit (reference code)."
-    )
-    warmup_noise_std: float = _f(0.02, doc="Std of the warm-up weight noise.", rng=(0.0, None, True, None))
-    exploration_std: float = _f(
-        0.01, doc="Std of Gaussian noise added to the actor's weights after warm-up.",
-        rng=(0.0, None, True, None),
-    )
-    device: str = _f("auto", doc="Agent device on rank 0: `auto` (the model's), `cpu`, `cuda`.")
-    actor_init: Literal["random", "prior"] = _f(
-        "random", doc="`random`: a plain softmax MLP (paper); `prior`: softmax(log prior + head(s)) "
-        "with a zero-initialised head, so the actor starts exactly at the initial weights.")
-    critic_action: Literal["raw", "log_ratio"] = _f(
-        "raw", doc="Action input of the critic: the weights (paper) or log(a / prior), which is "
-        "O(1) where raw weights move by +-0.01.")
-    objective: Literal["critic", "decomposed"] = _f(
-        "critic", doc="Actor objective: `critic` = max Q(s, mu(s)) (DDPG, paper); `decomposed` = "
-        "max rhat . mu(s) + Q_c(s, mu(s)): the immediate reward is linear in the action with the "
-        "known coefficient rhat, so its gradient is used exactly and the critic only learns the "
-        "continuation value (needs `reward.mode: paper` or `aligned`).")
-    noise_space: Literal["weight", "log"] = _f(
-        "weight", doc="Exploration noise: additive in weight units (paper) or multiplicative, "
-        "a * exp(std * N(0, 1)) renormalised (never pushes mass onto tiny domains).")
-
-    def _check(self, path: str) -> None:
-        """Cross-field checks (called by the typed-YAML engine after the fields)."""
-        if self.batch_size > self.buffer_size:
-            raise ConfigError(f"{path}.batch_size: {self.batch_size} > buffer_size {self.buffer_size}: "
-                              f"the replay buffer never holds a batch, so the agent never updates")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ConfigError(f"{path}.device: got {self.device!r} (allowed: auto, cpu, cuda, cuda:N)")
 
 
 @dataclass(frozen=True)
 class GramMixerConfig:
     """The `gram_softmax` closed form on the captured Gram (no agent)."""
 
-    eta: float = _f(1.0, doc="w_i = prior_i exp(eta z_i), z = the z-scored reward estimate across "
-                    "domains: a domain one s.d. above the mean gets e^eta times its prior share.",
-                    rng=(0.0, None, True, None))
-    warmup_steps: int = _f(0, doc="Steps at the prior before the weights move (the estimate "
-                           "still updates).", rng=(0, None, True, None))
+    eta: float = field(
+        1.0,
+        doc="w_i = prior_i exp(eta z_i), z = the z-scored reward estimate across "
+        "domains: a domain one s.d. above the mean gets e^eta times its prior share.",
+        rng=(0.0, None, True, None),
+    )
+    warmup_steps: int = field(
+        0, doc="Steps at the prior before the weights move (the estimate still updates).", rng=(0, None, True, None)
+    )
 
 
 @dataclass(frozen=True)
 class ProxyConfig:
     """Proxy mode: learn the policy on a small model, transfer it frozen to a large one."""
 
-    role: Literal["none", "source", "target"] = _f(
-        "none", doc="`source`: train normally and export the policy to `policy_path`; "
-        "`target`: load the policy frozen and compute no rewards (no gradient capture)."
+    role: Literal["none", "source", "target"] = field(
+        "none",
+        doc="`source`: train normally and export the policy to `policy_path`; "
+        "`target`: load the policy frozen and compute no rewards (no gradient capture).",
     )
-    policy_path: str | None = _f(None, doc="Policy file written (source) or read (target).")
+    policy_path: str | None = field(None, doc="Policy file written (source) or read (target).")
 
     def _check(self, path: str) -> None:
         """Cross-field checks (called by the typed-YAML engine after the fields)."""

@@ -32,20 +32,26 @@ def _wait(work, timeout: float | None, what: str) -> None:
     try:
         ok = work.wait(timeout=datetime.timedelta(seconds=timeout))
     except RuntimeError as e:
-        raise CollectiveTimeout(f"acodm: {what} did not complete within {timeout:g} s "
-                                f"(acodm.collective_timeout_s): another rank failed or never "
-                                f"reached it ({str(e).splitlines()[0]})") from None
+        raise CollectiveTimeout(
+            f"acodm: {what} did not complete within {timeout:g} s "
+            f"(acodm.collective_timeout_s): another rank failed or never "
+            f"reached it ({str(e).splitlines()[0]})"
+        ) from None
     if ok is False:
-        raise CollectiveTimeout(f"acodm: {what} did not complete within {timeout:g} s "
-                                f"(acodm.collective_timeout_s)")
+        raise CollectiveTimeout(f"acodm: {what} did not complete within {timeout:g} s (acodm.collective_timeout_s)")
 
 
 def _all_reduce(t: torch.Tensor, group, timeout: float | None, what: str, op=dist.ReduceOp.SUM) -> None:
     _wait(dist.all_reduce(t, op=op, group=group, async_op=True), timeout, what)
 
 
-def agree(error: BaseException | None, group=None, timeout: float | None = None,
-          what: str = "acodm operation", device: torch.device | str = "cpu") -> None:
+def agree(
+    error: BaseException | None,
+    group=None,
+    timeout: float | None = None,
+    what: str = "acodm operation",
+    device: torch.device | str = "cpu",
+) -> None:
     """Collective: raise on every rank of ``group`` if ``error`` is set on any rank.
 
     The failing rank re-raises its own exception; the others raise :class:`RemoteFailure`
@@ -78,9 +84,15 @@ def group_rank(group=None) -> int:
     return dist.get_rank(group) if dist.is_available() and dist.is_initialized() else 0
 
 
-def broadcast_weights(weights: np.ndarray | None, num_domains: int, group=None,
-                      device: torch.device | str = "cpu", timeout: float | None = None,
-                      what: str = "weight broadcast", failed: bool = False) -> np.ndarray:
+def broadcast_weights(
+    weights: np.ndarray | None,
+    num_domains: int,
+    group=None,
+    device: torch.device | str = "cpu",
+    timeout: float | None = None,
+    what: str = "weight broadcast",
+    failed: bool = False,
+) -> np.ndarray:
     """Broadcast the owner's (group rank 0) [K] weights; returns identical float64 on all ranks.
 
     Non-owners pass ``None``. float64 travels bit-exactly, so every rank plans the same data.
@@ -99,13 +111,13 @@ def broadcast_weights(weights: np.ndarray | None, num_domains: int, group=None,
         _wait(dist.broadcast(buf, src=src, group=group, async_op=True), timeout, what)
     out = buf.cpu().numpy()
     if out[-1] != 0 and not owner:
-        raise RemoteFailure(f"acodm: {what}: the owner rank failed to update the mixer (its log "
-                            f"has the error); stopping every rank")
+        raise RemoteFailure(
+            f"acodm: {what}: the owner rank failed to update the mixer (its log has the error); stopping every rank"
+        )
     return out[:-1]
 
 
-def all_reduce_sum(t: torch.Tensor, group=None, timeout: float | None = None,
-                   what: str = "all-reduce") -> torch.Tensor:
+def all_reduce_sum(t: torch.Tensor, group=None, timeout: float | None = None, what: str = "all-reduce") -> torch.Tensor:
     """In-place SUM over ``group`` (no-op when not distributed)."""
     if is_distributed(group):
         _all_reduce(t, group, timeout, what)

@@ -16,11 +16,16 @@ from .dist import broadcast_object
 PREFIX = "acodm/"
 
 #: per-domain families and their meaning (the TensorBoard tags are acodm/<family>/<domain>)
-FAMILIES = {"weight": "sampling weight of the next step", "loss": "mean training loss this step",
-            "reward": "per-domain reward estimate", "val_ppl": "validation perplexity",
-            "epochs": "epochs of the domain read so far", "projected_epochs": "epochs by the run's end "
-            "at the current weights", "tokens": "tokens of the domain read so far",
-            "shadow_weight": "shadow mode: the weight the mixer would have chosen"}
+FAMILIES = {
+    "weight": "sampling weight of the next step",
+    "loss": "mean training loss this step",
+    "reward": "per-domain reward estimate",
+    "val_ppl": "validation perplexity",
+    "epochs": "epochs of the domain read so far",
+    "projected_epochs": "epochs by the run's end at the current weights",
+    "tokens": "tokens of the domain read so far",
+    "shadow_weight": "shadow mode: the weight the mixer would have chosen",
+}
 #: pair family: acodm/grad_cos/<a>/<b>, cosine of two domains' mean gradients (logged steps)
 PAIR_FAMILY = "grad_cos"
 
@@ -37,8 +42,15 @@ class MetricsSink:
     rank does not write.
     """
 
-    def __init__(self, writer: Callable[[], Callable[[str, float, int], None] | None], log_interval: int,
-                 route: str = "owner", group=None, is_owner: bool = True, timeout: float | None = None):
+    def __init__(
+        self,
+        writer: Callable[[], Callable[[str, float, int], None] | None],
+        log_interval: int,
+        route: str = "owner",
+        group=None,
+        is_owner: bool = True,
+        timeout: float | None = None,
+    ):
         if route not in ("owner", "broadcast"):
             raise ValueError(f"route must be 'owner' or 'broadcast', got {route!r}")
         self.writer, self.log_interval, self.route = writer, log_interval, route
@@ -51,8 +63,9 @@ class MetricsSink:
         if not (step % self.log_interval == 0 if logged is None else logged):
             return
         if self.route == "broadcast":
-            metrics = broadcast_object(metrics if self.is_owner else None, self.group, self.timeout,
-                                       f"step {step} metrics broadcast")
+            metrics = broadcast_object(
+                metrics if self.is_owner else None, self.group, self.timeout, f"step {step} metrics broadcast"
+            )
         elif not self.is_owner:
             return
         write = self.writer()

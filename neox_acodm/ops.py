@@ -27,8 +27,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -69,8 +69,9 @@ def _check_grad(name: str, g: torch.Tensor, buf: torch.Tensor, offset: int, doma
 # ------------------------------------------------------------------------------------------
 
 
-def accumulate_domain_grad_torch(buffer: torch.Tensor, grad: torch.Tensor, domain: int,
-                                 offset: int = 0, alpha: float = 1.0) -> None:
+def accumulate_domain_grad_torch(
+    buffer: torch.Tensor, grad: torch.Tensor, domain: int, offset: int = 0, alpha: float = 1.0
+) -> None:
     """``buffer[domain, offset:offset+n] += alpha * grad`` in fp32.
 
     buffer: [D, P] float32; grad: [n] (any shape, contiguous) float32/bfloat16/float16.
@@ -79,7 +80,7 @@ def accumulate_domain_grad_torch(buffer: torch.Tensor, grad: torch.Tensor, domai
     g = _check_grad("grad", grad, buffer, offset, domain)
     if offset < 0 or offset + g.numel() > buffer.shape[1]:
         raise ValueError(f"offset: [{offset}, {offset + g.numel()}) exceeds P={buffer.shape[1]}")
-    buffer[domain, offset:offset + g.numel()].add_(g.to(torch.float32), alpha=alpha)
+    buffer[domain, offset : offset + g.numel()].add_(g.to(torch.float32), alpha=alpha)
 
 
 def domain_gram_torch(buffer: torch.Tensor) -> torch.Tensor:
@@ -107,8 +108,9 @@ def sketch_hash(index: torch.Tensor, seed: int, k: int) -> tuple[torch.Tensor, t
     return bucket, sign
 
 
-def sketch_accumulate_torch(sketch: torch.Tensor, grad: torch.Tensor, domain: int, seed: int,
-                            offset: int = 0, alpha: float = 1.0) -> None:
+def sketch_accumulate_torch(
+    sketch: torch.Tensor, grad: torch.Tensor, domain: int, seed: int, offset: int = 0, alpha: float = 1.0
+) -> None:
     """Count-sketch ``sketch[domain, bucket(j)] += alpha * sign(j) * grad[j - offset]``.
 
     sketch: [D, k] float32; grad: [n] float32/bfloat16/float16; ``offset`` is the global index
@@ -119,7 +121,7 @@ def sketch_accumulate_torch(sketch: torch.Tensor, grad: torch.Tensor, domain: in
     k = sketch.shape[1]
     row = sketch[domain]
     for lo in range(0, g.numel(), _CHUNK):
-        part = g[lo:lo + _CHUNK].to(torch.float32)
+        part = g[lo : lo + _CHUNK].to(torch.float32)
         idx = torch.arange(offset + lo, offset + lo + part.numel(), device=g.device, dtype=torch.int64)
         bucket, sign = sketch_hash(idx, seed, k)
         row.index_add_(0, bucket, part * sign, alpha=alpha)
@@ -167,12 +169,12 @@ def load_extension():
                 else:
                     _ext_error = e
             except ImportError as e:  # present but broken (undefined symbol, wrong torch)
-                _ext_error = RuntimeError(f"neox_acodm._C is installed but fails to import: {e}; "
-                                          f"{REBUILD_HINT}")
+                _ext_error = RuntimeError(f"neox_acodm._C is installed but fails to import: {e}; {REBUILD_HINT}")
             if _ext is not None and getattr(_ext, "abi_version", lambda: -1)() != ABI_VERSION:
                 _ext_error = RuntimeError(
                     f"neox_acodm._C has ABI {_ext.abi_version()}, Python expects {ABI_VERSION} "
-                    f"(stale build); {REBUILD_HINT}")
+                    f"(stale build); {REBUILD_HINT}"
+                )
                 _ext = None
     if isinstance(_ext_error, RuntimeError):
         raise _ext_error
@@ -200,8 +202,7 @@ def get_ops(backend: str = "auto", device: torch.device | str = "cpu") -> Ops:
     """Resolve the backend for tensors on ``device``. ``NEOX_ACODM_OPS`` overrides ``backend``."""
     backend = os.environ.get("NEOX_ACODM_OPS", backend)
     if backend not in ("auto", "ext", "torch"):
-        raise ValueError(f"NEOX_ACODM_OPS / acodm.reward.backend: {backend!r} is not one of "
-                         f"auto, ext, torch")
+        raise ValueError(f"NEOX_ACODM_OPS / acodm.reward.backend: {backend!r} is not one of auto, ext, torch")
     dev = torch.device(device)
     if backend == "torch":
         _log_once("neox_acodm reward ops: torch backend (requested)")
@@ -209,14 +210,14 @@ def get_ops(backend: str = "auto", device: torch.device | str = "cpu") -> Ops:
     ext = load_extension()  # raises if broken
     if ext is None:
         if backend == "ext":
-            raise RuntimeError(f"acodm.reward.backend=ext but neox_acodm._C is not built "
-                               f"({_ext_error}); {REBUILD_HINT}")
+            raise RuntimeError(
+                f"acodm.reward.backend=ext but neox_acodm._C is not built ({_ext_error}); {REBUILD_HINT}"
+            )
         _log_once(f"neox_acodm reward ops: torch backend (extension not built: {_ext_error})")
         return TORCH_OPS
     if dev.type == "cuda" and not ext.has_cuda():
         if backend == "ext":
-            raise RuntimeError(f"acodm.reward.backend=ext but neox_acodm._C was built without "
-                               f"CUDA; {REBUILD_HINT}")
+            raise RuntimeError(f"acodm.reward.backend=ext but neox_acodm._C was built without CUDA; {REBUILD_HINT}")
         _log_once("neox_acodm reward ops: torch backend on cuda (extension built without CUDA)")
         return TORCH_OPS
     if dev.type not in ("cpu", "cuda"):

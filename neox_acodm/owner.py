@@ -1,91 +1,162 @@
 """The owner's half of a step: statistics -> mixer update -> validated weights + metrics.
 
 Runs on the owning rank only (group rank 0), after the runtime reduced the step's statistics.
+It takes explicit inputs (:class:`StepInputs`) and returns :class:`OwnerResult`; it never
+holds or writes the runtime.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .accounting import RepeatWatch, accounting_metrics
-from .mixers import StepStats
+from .mixers import Mixer, StepStats
 from .plan import StepPlan, normalize_weights
 
-if TYPE_CHECKING:
-    from .runtime import MixingRuntime
+__all__ = ["OwnerResult", "OwnerUpdate", "StepInputs", "grad_cosines"]
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class StepInputs:
+    """One finished step as the owner sees it (globally reduced, identical on every rank).
+
+    weights: [K] the weights the step was planned with; loss: [K] (NaN where absent);
+    gram, lagged: [K, K] or None; norms, update_norms: [L] or None.
+    positions, sizes: [K] the cursors after the step's draws (None off data-loading ranks);
+    samples_per_step: dp x grad_accum x micro_batch; steps_left: steps after this one.
+    """
+
+    step: int
+    weights: np.ndarray
+    plan: StepPlan
+    loss: np.ndarray
+    gram: object = None
+    lagged: object = None
+    norms: object = None
+    update_norms: object = None
+    skipped: bool = False
+    reward_seconds: float = 0.0
+    positions: np.ndarray | None = None
+    sizes: np.ndarray | None = None
+    samples_per_step: int = 0
+    steps_left: int = 0
+
+
+@dataclass(frozen=True)
+class OwnerResult:
+    """weights: [K] for the next step; skipped: the mixer learned nothing from this step."""
+
+    weights: np.ndarray
+    metrics: dict[str, float]
+    skipped: bool = False
+
+
+@dataclass(frozen=True)
+class OwnerSettings:
+    """The parts of the block the owner's update reads."""
+
+    domain_names: tuple[str, ...]
+    min_weight: float
+    max_weight: float
+    shadow: bool
+    log_interval: int
+    max_epochs: float | None
+
+    @classmethod
+    def of(cls, block) -> OwnerSettings:
+        """From the ``acodm:`` block (an ``ACODMConfig``)."""
+        sampling = block.sampling
+        return cls(
+            block.domain_names,
+            sampling.min_weight,
+            sampling.max_weight,
+            block.shadow,
+            block.log_interval,
+            sampling.max_epochs,
+        )
+
+
 class OwnerUpdate:
-    """Feeds each step to ``rt.mixer``, validates its proposal and builds the ``acodm/*`` metrics.
+    """Feeds each step to ``mixer``, validates its proposal and builds the ``acodm/*`` metrics.
 
     ``tokens_per_sample``: [K] for token accounting, or None (samples only)."""
 
-    def __init__(self, rt: "MixingRuntime", tokens_per_sample: np.ndarray | None):
-        self.rt = rt
+    def __init__(self, settings: OwnerSettings, mixer: Mixer, tokens_per_sample: np.ndarray | None):
+        self.settings = settings
+        self.mixer = mixer
         self.tokens_per_sample = tokens_per_sample
-        self.repeat_watch = RepeatWatch(rt.cfg.domain_names, rt.cfg.sampling.max_epochs)
+        self.repeat_watch = RepeatWatch(settings.domain_names, settings.max_epochs)
 
-    def update(self, plan: StepPlan, loss: np.ndarray, gram, norms, upd, lagged=None,
-               skipped: bool = False) -> tuple[np.ndarray, dict[str, float]]:
-        """-> (weights [K] for the next step, metrics). Keeps the weights on a skipped or
-        non-finite step, and when the mixer proposes invalid weights."""
-        rt, cfg = self.rt, self.rt.cfg
-        stats = StepStats(step=rt.step, weights=rt.weights.copy(), probs=plan.probs,
-                          counts=plan.counts, loss=loss, gram=gram, norms=norms, update_norms=upd,
-                          inclusion=plan.inclusion, lagged_gram=lagged)
-        if skipped or not stats.is_finite():
-            rt.skipped_steps += 1
-            rt.mixer.skip(stats)
-            why = ("was not applied by the optimizer (loss-scale overflow)" if skipped
-                   else f"has non-finite statistics (loss {loss})")
-            logger.warning("acodm: step %d %s; the mixer is not updated and the weights are kept",
-                           rt.step, why)
-            return rt.weights, {"skipped": 1.0}
+    def update(self, x: StepInputs) -> OwnerResult:
+        """Keeps the weights on a skipped or non-finite step, and when the mixer proposes
+        invalid weights."""
+        st, mixer = self.settings, self.mixer
+        plan = x.plan
+        stats = StepStats(
+            step=x.step,
+            weights=x.weights.copy(),
+            probs=plan.probs,
+            counts=plan.counts,
+            loss=x.loss,
+            gram=x.gram,
+            norms=x.norms,
+            update_norms=x.update_norms,
+            inclusion=plan.inclusion,
+            lagged_gram=x.lagged,
+        )
+        if x.skipped or not stats.is_finite():
+            mixer.skip(stats)
+            why = (
+                "was not applied by the optimizer (loss-scale overflow)"
+                if x.skipped
+                else f"has non-finite statistics (loss {x.loss})"
+            )
+            logger.warning("acodm: step %d %s; the mixer is not updated and the weights are kept", x.step, why)
+            return OwnerResult(x.weights, {"skipped": 1.0}, skipped=True)
         with torch.profiler.record_function("acodm/mixer_update"):
-            proposal = rt.mixer.update(stats)
+            proposal = mixer.update(stats)
         try:
-            if rt.mixer.final_weights:
+            if mixer.final_weights:
                 new = normalize_weights(proposal, 0.0, 1.0)  # validates; a schedule's weights stand
                 if np.max(np.abs(new - proposal)) < 1e-9:
                     new = np.asarray(proposal, dtype=np.float64).copy()
             else:
-                new = normalize_weights(proposal, cfg.sampling.min_weight, cfg.sampling.max_weight)
+                new = normalize_weights(proposal, st.min_weight, st.max_weight)
         except ValueError as e:
-            rt.skipped_steps += 1
-            logger.warning("acodm: mixer proposed invalid weights at step %d (%s); keeping the "
-                           "previous weights", rt.step, e)
-            return rt.weights, {"skipped": 1.0}
-        if cfg.shadow:  # the mixer's choice is logged, the plan keeps the static weights
-            metrics = self._metrics(rt.weights, loss)
-            metrics.update({f"shadow_weight/{n}": float(w) for n, w in zip(cfg.domain_names, new)})
-            new = rt.weights
+            logger.warning(
+                "acodm: mixer proposed invalid weights at step %d (%s); keeping the previous weights", x.step, e
+            )
+            return OwnerResult(x.weights, {"skipped": 1.0}, skipped=True)
+        if st.shadow:  # the mixer's choice is logged, the plan keeps the static weights
+            metrics = self._metrics(x, x.weights)
+            metrics.update({f"shadow_weight/{n}": float(w) for n, w in zip(st.domain_names, new)})
+            new = x.weights
         else:
-            metrics = self._metrics(new, loss)
-        if gram is not None and (rt.step + 1) % cfg.log_interval == 0:  # a logged step
-            metrics.update(grad_cosines(cfg.domain_names, stats.gram, stats.present))
-        return new, metrics
+            metrics = self._metrics(x, new)
+        if x.gram is not None and (x.step + 1) % st.log_interval == 0:  # a logged step
+            metrics.update(grad_cosines(st.domain_names, stats.gram, stats.present))
+        return OwnerResult(new, metrics)
 
-    def _metrics(self, new: np.ndarray, loss: np.ndarray) -> dict[str, float]:
-        rt, names = self.rt, self.rt.cfg.domain_names
+    def _metrics(self, x: StepInputs, new: np.ndarray) -> dict[str, float]:
+        names, mixer = self.settings.domain_names, self.mixer
         metrics = {f"weight/{n}": float(w) for n, w in zip(names, new)}
-        metrics.update({f"loss/{n}": float(x) for n, x in zip(names, loss) if np.isfinite(x)})
-        if rt.mixer.last_reward is not None:
-            metrics.update({f"reward/{n}": float(r) for n, r in zip(names, rt.mixer.last_reward)})
-        metrics.update(rt.mixer.last_metrics)
-        metrics["reward_path_seconds"] = sum(rt.timings.values())
-        if rt.cursors is not None:  # the cursors have consumed this step's samples already
-            steps_left = rt.total_steps - rt.step - 1
-            n = rt.layout.dp_size * rt.grad_accum * rt.micro_batch
-            acct, projected = accounting_metrics(names, rt.cursors.positions, rt.cursors.sizes, new,
-                                                 steps_left, n, self.tokens_per_sample)
+        metrics.update({f"loss/{n}": float(v) for n, v in zip(names, x.loss) if np.isfinite(v)})
+        if mixer.last_reward is not None:
+            metrics.update({f"reward/{n}": float(r) for n, r in zip(names, mixer.last_reward)})
+        metrics.update(mixer.last_metrics)
+        metrics["reward_path_seconds"] = x.reward_seconds
+        if x.positions is not None:  # the cursors have consumed this step's samples already
+            acct, projected = accounting_metrics(
+                names, x.positions, x.sizes, new, x.steps_left, x.samples_per_step, self.tokens_per_sample
+            )
             metrics.update(acct)
-            self.repeat_watch.check(projected, rt.step + 1)
+            self.repeat_watch.check(projected, x.step + 1)
         return metrics
 
 

@@ -1,45 +1,94 @@
-"""Save and load of a :class:`~neox_acodm.runtime.MixingRuntime`: collective, verified, transactional.
+"""Save and load of the mixing runtime's components: collective, verified, transactional.
+
+The runtime hands its components over as :class:`Parts` (each with ``state_dict`` /
+``load_state_dict`` / ``check_state``); this module never sees the runtime itself.
 
 * **Save** (every rank calls it): the owner writes one checksummed file atomically; a failure
   there raises on every rank (:func:`~neox_acodm.dist.agree`).
 * **Load** (every rank calls it): the owner reads and verifies the file, validates every value as
   strictly as a configured one and stages the mixer state into a *copy*; the global part (step,
   weights, cursors) is broadcast and staged on every rank. Only when every rank staged without
-  error is anything applied, so a failed load leaves every rank exactly as it was, and every
-  rank raises the same error naming the path.
+  error is anything returned to apply, so a failed load leaves every rank exactly as it was, and
+  every rank raises the same error naming the path.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import checkpoint
 from .checkpoint import CheckpointError
-from .dist import agree, broadcast_object, is_distributed
+from .dist import ParallelLayout, agree, broadcast_object, is_distributed
 
-if TYPE_CHECKING:
-    from .runtime import MixingRuntime
+__all__ = ["Header", "Parts", "Staged", "check_finite", "load", "save", "state_dict", "validate_global"]
 
 _GLOBAL = ("version", "mixer_kind", "domains", "step", "weights", "skipped_steps", "cursors")
 _LOCAL = ("mixer", "norms", "probe")
 
 
-def state_dict(rt: "MixingRuntime") -> dict:
-    if rt.in_step:
-        raise RuntimeError("acodm state saved in the middle of a step; save after end_step()")
+@dataclass(frozen=True)
+class Header:
+    """What a state must match to be loaded: the domains (in order) and the mixer's name."""
+
+    domains: tuple[str, ...]
+    mixer_kind: str
+
+    @property
+    def k(self) -> int:
+        return len(self.domains)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The runtime's stateful components on this rank (None where absent).
+
+    cursors: global (every data-loading rank); mixer, norms, probe: the owner's (local).
+    The probe takes part only when it keeps last step's gradients (``probe.lagged``)."""
+
+    cursors: Any = None
+    mixer: Any = None
+    norms: Any = None
+    probe: Any = None
+
+    @property
+    def lagged_probe(self):
+        return self.probe if self.probe is not None and self.probe.lagged else None
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A validated state, ready to apply on this rank (nothing was changed yet)."""
+
+    step: int
+    weights: np.ndarray
+    skipped_steps: int
+    cursors: Any = None  # a staged copy of the cursors, or None
+    mixer: Any = None  # a staged copy of the mixer (owner), or None
+    norms: dict | None = None  # checked norm state for ``norms.load_state_dict`` (owner)
+    probe: dict | None = None  # checked probe state for ``probe.load_state_dict`` (owner)
+
+
+def state_dict(header: Header, step: int, weights: np.ndarray, skipped_steps: int, parts: Parts) -> dict:
+    """The full state (local parts only where this rank holds them)."""
+    probe = parts.lagged_probe
     return {
-        "version": checkpoint.SCHEMA_VERSION, "mixer_kind": rt.cfg.mixer,
-        "domains": list(rt.cfg.domain_names), "step": rt.step,
-        "weights": torch.as_tensor(rt.weights), "skipped_steps": rt.skipped_steps,
-        "cursors": rt.cursors.state_dict() if rt.cursors is not None else None,
-        "mixer": rt.mixer.state_dict() if rt.mixer is not None else None,
-        "norms": rt.norms.state_dict() if rt.norms is not None else None,
-        "probe": rt.probe.state_dict() if rt.probe is not None and rt.probe.lagged else None,
+        "version": checkpoint.SCHEMA_VERSION,
+        "mixer_kind": header.mixer_kind,
+        "domains": list(header.domains),
+        "step": step,
+        "weights": torch.as_tensor(weights),
+        "skipped_steps": skipped_steps,
+        "cursors": parts.cursors.state_dict() if parts.cursors is not None else None,
+        "mixer": parts.mixer.state_dict() if parts.mixer is not None else None,
+        "norms": parts.norms.state_dict() if parts.norms is not None else None,
+        "probe": probe.state_dict() if probe is not None else None,
     }
 
 
@@ -59,44 +108,50 @@ def check_finite(obj: Any, where: str) -> None:
             check_finite(v, f"{where}[{i}]")
 
 
-def validate_global(state: Any, rt: "MixingRuntime", path: str) -> None:
+def validate_global(state: Any, header: Header, path: str) -> None:
     """The global part of a state must fit this run exactly; raises CheckpointError naming ``path``."""
     if not isinstance(state, dict) or any(k not in state for k in _GLOBAL):
         missing = [k for k in _GLOBAL if not isinstance(state, dict) or k not in state]
         raise CheckpointError(f"{path}: not a neox_acodm runtime state (missing {missing})")
     if state["version"] != checkpoint.SCHEMA_VERSION:
-        raise CheckpointError(f"{path}: acodm state has schema version {state['version']!r}, this "
-                              f"neox_acodm reads {checkpoint.SCHEMA_VERSION}")
-    if list(state["domains"]) != list(rt.cfg.domain_names):
-        raise CheckpointError(f"acodm checkpoint domains {state['domains']} differ from the "
-                              f"config's acodm.domains {list(rt.cfg.domain_names)}; resume with "
-                              f"the same domains in the same order ({path})")
-    if state["mixer_kind"] != rt.cfg.mixer:
-        raise CheckpointError(f"{path}: acodm checkpoint was written by mixer {state['mixer_kind']!r}, "
-                              f"the config says acodm.mixer={rt.cfg.mixer!r}")
+        raise CheckpointError(
+            f"{path}: acodm state has schema version {state['version']!r}, this "
+            f"neox_acodm reads {checkpoint.SCHEMA_VERSION}"
+        )
+    if list(state["domains"]) != list(header.domains):
+        raise CheckpointError(
+            f"acodm checkpoint domains {state['domains']} differ from the "
+            f"config's acodm.domains {list(header.domains)}; resume with "
+            f"the same domains in the same order ({path})"
+        )
+    if state["mixer_kind"] != header.mixer_kind:
+        raise CheckpointError(
+            f"{path}: acodm checkpoint was written by mixer {state['mixer_kind']!r}, "
+            f"the config says acodm.mixer={header.mixer_kind!r}"
+        )
     for key in ("step", "skipped_steps"):
         if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
             raise CheckpointError(f"{path}: {key} must be a non-negative integer, got {state[key]!r}")
     w = state["weights"]
-    if not isinstance(w, torch.Tensor) or tuple(w.shape) != (rt.k,):
-        raise CheckpointError(f"{path}: weights must be a [{rt.k}] tensor, got {getattr(w, 'shape', w)!r}")
+    if not isinstance(w, torch.Tensor) or tuple(w.shape) != (header.k,):
+        raise CheckpointError(f"{path}: weights must be a [{header.k}] tensor, got {getattr(w, 'shape', w)!r}")
     w = w.double()
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or abs(float(w.sum()) - 1.0) > 1e-6:
-        raise CheckpointError(f"{path}: weights {w.tolist()} are not a probability vector "
-                              f"(finite, >= 0, summing to 1)")
+        raise CheckpointError(f"{path}: weights {w.tolist()} are not a probability vector (finite, >= 0, summing to 1)")
     cur = state["cursors"]
     if cur is not None:
         pos = np.asarray(cur.get("positions", []) if isinstance(cur, dict) else [])
-        if pos.shape != (rt.k,) or pos.dtype.kind not in "iu" or np.any(pos < 0):
-            raise CheckpointError(f"{path}: cursor positions must be {rt.k} non-negative integers, "
-                                  f"got {pos.tolist()}")
+        if pos.shape != (header.k,) or pos.dtype.kind not in "iu" or np.any(pos < 0):
+            raise CheckpointError(
+                f"{path}: cursor positions must be {header.k} non-negative integers, got {pos.tolist()}"
+            )
     check_finite({k: state[k] for k in _GLOBAL}, path)
 
 
-def _stage_global(rt: "MixingRuntime", state: dict, path: str):
+def _stage_global(parts: Parts, state: dict, path: str):
     cursors = None
-    if rt.cursors is not None and state["cursors"] is not None:
-        cursors = copy.deepcopy(rt.cursors)
+    if parts.cursors is not None and state["cursors"] is not None:
+        cursors = copy.deepcopy(parts.cursors)
         try:
             cursors.load_state_dict(state["cursors"])
         except (ValueError, KeyError, TypeError) as e:
@@ -104,70 +159,80 @@ def _stage_global(rt: "MixingRuntime", state: dict, path: str):
     return cursors
 
 
-def _stage_local(rt: "MixingRuntime", state: dict, path: str):
+def _stage_local(parts: Parts, header: Header, state: dict, path: str):
     mixer = None
-    if rt.mixer is not None and state.get("mixer") is not None:
+    if parts.mixer is not None and state.get("mixer") is not None:
         check_finite(state["mixer"], f"{path}: mixer")
-        mixer = copy.deepcopy(rt.mixer)
+        mixer = copy.deepcopy(parts.mixer)
         try:
             mixer.load_state_dict(state["mixer"])
         except (ValueError, KeyError, TypeError, RuntimeError, IndexError, AttributeError) as e:
-            raise CheckpointError(f"{path}: the saved {rt.cfg.mixer} mixer state does not fit this "
-                                  f"config ({type(e).__name__}: {str(e).splitlines()[0][:300]}); resume "
-                                  f"with the acodm block the run was saved with") from None
-    if rt.norms is not None and state.get("norms") is not None:
-        rt.norms.check_state(state["norms"], path)
-    if rt.probe is not None and rt.probe.lagged and state.get("probe") is not None:
-        rt.probe.check_state(state["probe"], path)
+            raise CheckpointError(
+                f"{path}: the saved {header.mixer_kind} mixer state does not fit this "
+                f"config ({type(e).__name__}: {str(e).splitlines()[0][:300]}); resume "
+                f"with the acodm block the run was saved with"
+            ) from None
+    if parts.norms is not None and state.get("norms") is not None:
+        parts.norms.check_state(state["norms"], path)
+    if parts.lagged_probe is not None and state.get("probe") is not None:
+        parts.probe.check_state(state["probe"], path)
     return mixer
 
 
-def load(rt: "MixingRuntime", path: str) -> None:
-    """Collective over ``rt.layout.group``; see the module docstring."""
+def load(path: str, header: Header, parts: Parts, layout: ParallelLayout, timeout: float, is_owner: bool) -> Staged:
+    """Collective over ``layout.group``; see the module docstring. Returns what to apply."""
     error, state, mixer = None, None, None
-    if rt.is_owner:
+    if is_owner:
         try:
             state = checkpoint.load(path)
-            validate_global(state, rt, path)
-            mixer = _stage_local(rt, state, path)
+            validate_global(state, header, path)
+            mixer = _stage_local(parts, header, state, path)
         except (CheckpointError, FileNotFoundError) as e:
             error = e
-    agree(error, rt.layout.group, rt.timeout, f"loading {path}", rt.layout.comm_device)
-    if is_distributed(rt.layout.group):
-        glob = broadcast_object({k: state[k] for k in _GLOBAL} if rt.is_owner else None, rt.layout.group,
-                                rt.timeout, f"loading {path}")
-        if not rt.is_owner:
+    agree(error, layout.group, timeout, f"loading {path}", layout.comm_device)
+    if is_distributed(layout.group):
+        glob = broadcast_object(
+            {k: state[k] for k in _GLOBAL} if is_owner else None, layout.group, timeout, f"loading {path}"
+        )
+        if not is_owner:
             state = dict(glob)
     cursors = None
     try:
-        if not rt.is_owner:
-            validate_global(state, rt, path)
-        cursors = _stage_global(rt, state, path)
+        if not is_owner:
+            validate_global(state, header, path)
+        cursors = _stage_global(parts, state, path)
     except CheckpointError as e:
         error = e
-    agree(error, rt.layout.group, rt.timeout, f"loading {path}", rt.layout.comm_device)
-    # every rank staged without error: apply (nothing below can fail on valid input)
-    rt.step = int(state["step"])
-    rt.weights = state["weights"].double().numpy().copy()
-    rt.skipped_steps = int(state["skipped_steps"])
-    if cursors is not None:
-        rt.cursors = cursors
-    if mixer is not None:
-        rt.mixer = mixer
-    if rt.is_owner and rt.norms is not None and state.get("norms") is not None:
-        rt.norms.load_state_dict(state["norms"])
-    if rt.is_owner and rt.probe is not None and rt.probe.lagged and state.get("probe") is not None:
-        rt.probe.load_state_dict(state["probe"])
-    rt._begin_step()
+    agree(error, layout.group, timeout, f"loading {path}", layout.comm_device)
+    # every rank staged without error (nothing below can fail on valid input)
+    local = is_owner
+    return Staged(
+        step=int(state["step"]),
+        weights=state["weights"].double().numpy().copy(),
+        skipped_steps=int(state["skipped_steps"]),
+        cursors=cursors,
+        mixer=mixer,
+        norms=state.get("norms") if local and parts.norms is not None else None,
+        probe=state.get("probe") if local and parts.lagged_probe is not None else None,
+    )
 
 
-def save(rt: "MixingRuntime", path: str) -> None:
-    """Collective over ``rt.layout.group``: the owner writes, every rank learns whether it worked."""
+def save(
+    make_state: Callable[[], dict],
+    path: str,
+    layout: ParallelLayout,
+    timeout: float,
+    is_owner: bool,
+    after: Callable[[], None] | None = None,
+) -> None:
+    """Collective over ``layout.group``: the owner writes ``make_state()`` (then runs ``after``),
+    every rank learns whether it worked."""
     error = None
-    if rt.is_owner:
+    if is_owner:
         try:
-            checkpoint.atomic_save(state_dict(rt), path)
-            rt.export_policy()
+            checkpoint.atomic_save(make_state(), path)
+            if after is not None:
+                after()
         except (OSError, RuntimeError, ValueError) as e:
             error = e
-    agree(error, rt.layout.group, rt.timeout, f"saving {path}", rt.layout.comm_device)
+    agree(error, layout.group, timeout, f"saving {path}", layout.comm_device)

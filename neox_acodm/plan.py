@@ -110,8 +110,9 @@ def inclusion_probs(weights, n_free: int, floor: int, allocation: str) -> np.nda
     return 1.0 - (1.0 - w) ** n_free
 
 
-def build_step_plan(seed: int, step: int, weights, dp_size: int, grad_accum: int,
-                    floor: int = 0, allocation: str = "iid") -> StepPlan:
+def build_step_plan(
+    seed: int, step: int, weights, dp_size: int, grad_accum: int, floor: int = 0, allocation: str = "iid"
+) -> StepPlan:
     """Draw the domains of step ``step``'s ``dp_size * grad_accum`` micro-batches.
 
     ``floor`` copies of every domain are forced (the reference code's ``domain_num``); the
@@ -144,8 +145,13 @@ def build_step_plan(seed: int, step: int, weights, dp_size: int, grad_accum: int
     slots = slots[rng.permutation(n)]
     counts = np.bincount(slots, minlength=k).astype(np.int64)
     probs = (floor + (n - floor * k) * w) / n
-    return StepPlan(step=step, domains=slots.reshape(dp_size, grad_accum), counts=counts, probs=probs,
-                    inclusion=inclusion_probs(w, free, floor, allocation))
+    return StepPlan(
+        step=step,
+        domains=slots.reshape(dp_size, grad_accum),
+        counts=counts,
+        probs=probs,
+        inclusion=inclusion_probs(w, free, floor, allocation),
+    )
 
 
 class DomainCursors:
@@ -203,8 +209,12 @@ class DomainCursors:
         return starts
 
     def state_dict(self) -> dict:
-        return {"sizes": self.sizes.tolist(), "seed": self.seed, "shuffle": self.shuffle,
-                "positions": self.positions.tolist()}
+        return {
+            "sizes": self.sizes.tolist(),
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "positions": self.positions.tolist(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if list(state["sizes"]) != self.sizes.tolist():

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .runtime import MixingRuntime
+__all__ = ["PlanIterator", "StepSource"]
+
+
+class StepSource(Protocol):
+    """What the iterator reads of a :class:`~neox_acodm.runtime.MixingRuntime`."""
+
+    step: int
+    cursors: Any
+
+    def micro_batches(self, dp_rank: int | None = None) -> list[tuple[int, np.ndarray]]: ...
 
 
 class PlanIterator:
@@ -20,7 +28,7 @@ class PlanIterator:
     would act late, and saved cursors would count unconsumed samples.
     """
 
-    def __init__(self, runtime: "MixingRuntime", fetch: Callable[[int, np.ndarray], Any]):
+    def __init__(self, runtime: StepSource, fetch: Callable[[int, np.ndarray], Any]):
         if runtime.cursors is None:
             raise ValueError("PlanIterator needs a MixingRuntime built with dataset_sizes")
         self.runtime, self.fetch = runtime, fetch
@@ -34,8 +42,10 @@ class PlanIterator:
         if rt.step != self._step:
             self._step, self._g, self._batches = rt.step, 0, rt.micro_batches()
         if self._g >= len(self._batches):
-            raise RuntimeError(f"acodm: step {rt.step}: all {len(self._batches)} micro-batches were consumed; "
-                               f"call MixingRuntime.end_step() before drawing the next step")
+            raise RuntimeError(
+                f"acodm: step {rt.step}: all {len(self._batches)} micro-batches were consumed; "
+                f"call MixingRuntime.end_step() before drawing the next step"
+            )
         d, idx = self._batches[self._g]
         self._g += 1
         return self.fetch(d, idx)

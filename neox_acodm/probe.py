@@ -29,8 +29,16 @@ from .selectors import SelectedParam
 class GradientProbe:
     """Accumulates per-domain gradients of ``params`` for one optimizer step at a time."""
 
-    def __init__(self, params: list[SelectedParam], num_domains: int, estimator: str,
-                 sketch_dim: int, sketch_seed: int, ops: Ops, lagged: bool = False):
+    def __init__(
+        self,
+        params: list[SelectedParam],
+        num_domains: int,
+        estimator: str,
+        sketch_dim: int,
+        sketch_seed: int,
+        ops: Ops,
+        lagged: bool = False,
+    ):
         if not params:
             raise ValueError("GradientProbe needs at least one parameter")
         self.params = params
@@ -63,8 +71,9 @@ class GradientProbe:
         self._scale = 1.0
         self.hook_calls = 0
         self.capture_seconds = 0.0
-        self._handles = [sp.param.register_hook(self._make_hook(k, off))
-                         for k, (sp, off) in enumerate(zip(params, self.offsets))]
+        self._handles = [
+            sp.param.register_hook(self._make_hook(k, off)) for k, (sp, off) in enumerate(zip(params, self.offsets))
+        ]
 
     # -- hot path ---------------------------------------------------------------------------
     def _make_hook(self, k: int, offset: int):
@@ -137,8 +146,10 @@ class GradientProbe:
 
         prev = state.get("prev_mean") if isinstance(state, dict) else None
         if prev is not None and (not isinstance(prev, torch.Tensor) or prev.shape != self.buffer.shape):
-            raise CheckpointError(f"{path}: saved lagged gradients have shape {getattr(prev, 'shape', prev)}, "
-                                  f"this run captures {tuple(self.buffer.shape)} (acodm.reward changed?)")
+            raise CheckpointError(
+                f"{path}: saved lagged gradients have shape {getattr(prev, 'shape', prev)}, "
+                f"this run captures {tuple(self.buffer.shape)} (acodm.reward changed?)"
+            )
 
     def load_state_dict(self, state: dict) -> None:
         prev = state.get("prev_mean")

@@ -108,16 +108,18 @@ class GramEstimate:
         self.clip = clip
         c = torch.as_tensor(metric_weights, dtype=torch.float64).reshape(-1)
         if c.numel() != num_domains or float(c.sum()) <= 0:
-            raise ValueError(f"metric weights must be {num_domains} non-negative numbers with a "
-                             f"positive sum, got {c.tolist()}")
+            raise ValueError(
+                f"metric weights must be {num_domains} non-negative numbers with a positive sum, got {c.tolist()}"
+            )
         self.c = c / c.sum()
         self.value = torch.zeros(num_domains, num_domains, dtype=torch.float64)
         self.steps = 0
         self._prev_present: torch.Tensor | None = None
         self._prev_incl: torch.Tensor | None = None
 
-    def update(self, gram: torch.Tensor, present: torch.Tensor, inclusion: torch.Tensor,
-               lagged: torch.Tensor | None = None) -> torch.Tensor:
+    def update(
+        self, gram: torch.Tensor, present: torch.Tensor, inclusion: torch.Tensor, lagged: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """gram, lagged: [K, K] (lagged[i, j] = <g_i(t), g_j(t-1)>); present: [K] bool;
         inclusion: [K] P(present). Returns the reward vector [K] (float64)."""
         g = gram.to(torch.float64)
@@ -151,8 +153,12 @@ class GramEstimate:
         return self.value @ self.c
 
     def state_dict(self) -> dict:
-        return {"value": self.value.clone(), "steps": self.steps,
-                "prev_present": self._prev_present, "prev_incl": self._prev_incl}
+        return {
+            "value": self.value.clone(),
+            "steps": self.steps,
+            "prev_present": self._prev_present,
+            "prev_incl": self._prev_incl,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.value = state["value"].clone().to(torch.float64)

@@ -25,7 +25,7 @@ FORMAT = "neox_acodm.schedule/1"
 @dataclass(frozen=True)
 class Schedule:
     domains: tuple[str, ...]
-    starts: tuple[int, ...]          # strictly increasing, starts[0] == 0
+    starts: tuple[int, ...]  # strictly increasing, starts[0] == 0
     weights: tuple[tuple[float, ...], ...]
 
     def weights_at(self, step: int) -> np.ndarray:
@@ -34,8 +34,11 @@ class Schedule:
         return np.array(self.weights[max(i, 0)], dtype=np.float64)
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "domains": list(self.domains),
-                "phases": [{"start": s, "weights": list(w)} for s, w in zip(self.starts, self.weights)]}
+        return {
+            "format": FORMAT,
+            "domains": list(self.domains),
+            "phases": [{"start": s, "weights": list(w)} for s, w in zip(self.starts, self.weights)],
+        }
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, width=10_000))
@@ -57,7 +60,7 @@ def from_weights(domains, history, every: int = 1) -> Schedule:
     if h.ndim != 2 or h.shape[1] != len(domains) or h.shape[0] == 0:
         raise ValueError(f"weight history must be [T, {len(domains)}], got {h.shape}")
     if every > 1:  # every step of a block gets the block's mean
-        blocks = [h[i:i + every] for i in range(0, len(h), every)]
+        blocks = [h[i : i + every] for i in range(0, len(h), every)]
         h = np.concatenate([np.repeat(b.mean(0, keepdims=True), len(b), axis=0) for b in blocks])
         h = h / h.sum(1, keepdims=True)
     starts, rows = [0], [h[0]]
@@ -76,8 +79,9 @@ def load_schedule(path: str | Path, domains: tuple[str, ...] | None = None) -> S
     except OSError as e:
         raise ConfigError(f"acodm.schedule_path: cannot read {path} ({e.strerror or e})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ConfigError(f"{path}: not a neox_acodm schedule (format {FORMAT}); write one with "
-                          f"`neox-acodm export-schedule`")
+        raise ConfigError(
+            f"{path}: not a neox_acodm schedule (format {FORMAT}); write one with `neox-acodm export-schedule`"
+        )
     names = tuple(str(d) for d in data.get("domains") or ())
     if domains is not None and names != tuple(domains):
         raise ConfigError(f"{path}: schedule domains {list(names)} differ from acodm.domains {list(domains)}")
@@ -87,11 +91,13 @@ def load_schedule(path: str | Path, domains: tuple[str, ...] | None = None) -> S
         s = ph.get("start") if isinstance(ph, dict) else None
         if not isinstance(s, int) or isinstance(s, bool) or (starts and s <= starts[-1]) or (not starts and s != 0):
             raise ConfigError(f"{path}: phases[{i}].start must be an integer, 0 first, strictly increasing")
-        if (not isinstance(w, list) or len(w) != len(names)
-                or not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in w)
-                or abs(sum(w) - 1.0) > 1e-6):
-            raise ConfigError(f"{path}: phases[{i}].weights must be {len(names)} non-negative numbers "
-                              f"summing to 1")
+        if (
+            not isinstance(w, list)
+            or len(w) != len(names)
+            or not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in w)
+            or abs(sum(w) - 1.0) > 1e-6
+        ):
+            raise ConfigError(f"{path}: phases[{i}].weights must be {len(names)} non-negative numbers summing to 1")
         starts.append(s)
         rows.append(tuple(float(x) for x in w))
     if not starts:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ROLE_PATTERNS, ConfigError, ParamSelector, compile_module_pattern
+from .config_sections import ROLE_PATTERNS, ParamSelector, compile_module_pattern
+from .typed_yaml import ConfigError
+
 
 @dataclass(frozen=True)
 class SelectedParam:
@@ -70,8 +72,13 @@ def chosen_layer_keys(keys: list[int], selector: ParamSelector, what: str = "sel
         raise ConfigError(f"{what}.{e}") from None
 
 
-def select_params(model: torch.nn.Module, selector: ParamSelector, what: str = "selector",
-                  allow_empty: bool = False, keys: list[int] | None = None) -> list[SelectedParam]:
+def select_params(
+    model: torch.nn.Module,
+    selector: ParamSelector,
+    what: str = "selector",
+    allow_empty: bool = False,
+    keys: list[int] | None = None,
+) -> list[SelectedParam]:
     """Return the selected parameters in layer order.
 
     ``keys``: the layer keys of *all* pipeline stages (see :func:`matching_layer_keys`); the
@@ -135,8 +142,12 @@ class Selection:
     num_layers: int
 
 
-def resolve_selection(model: torch.nn.Module, selector: ParamSelector, what: str,
-                      all_stages: Callable[[list[int]], list[int]] | None = None) -> Selection:
+def resolve_selection(
+    model: torch.nn.Module,
+    selector: ParamSelector,
+    what: str,
+    all_stages: Callable[[list[int]], list[int]] | None = None,
+) -> Selection:
     """The one selector lookup. ``all_stages``: under pipeline parallelism, maps this stage's
     matching layer keys to the union over all stages (a collective, e.g. ``dist.all_stage_keys``),
     so ``selector.layers`` positions refer to the whole model; None = the model is whole here."""

@@ -27,8 +27,9 @@ class MixingSession:
     """``grad_scale()`` -> the factor that turns a hooked gradient into the per-micro-batch mean
     gradient (e.g. ``grad_accum / loss_scale``); called once per step."""
 
-    def __init__(self, cfg: ACODMConfig, grad_scale: Callable[[], float] | None = None,
-                 sink: MetricsSink | None = None):
+    def __init__(
+        self, cfg: ACODMConfig, grad_scale: Callable[[], float] | None = None, sink: MetricsSink | None = None
+    ):
         self.cfg = cfg
         self.rt: MixingRuntime | None = None
         self.sink = sink
@@ -57,8 +58,10 @@ class MixingSession:
         if self.micro >= self.rt.grad_accum:
             if self.replaying():
                 return
-            raise RuntimeError(f"acodm: more than {self.rt.grad_accum} training losses in one step; "
-                               f"was the train-step wrapper bypassed or end_step() skipped?")
+            raise RuntimeError(
+                f"acodm: more than {self.rt.grad_accum} training losses in one step; "
+                f"was the train-step wrapper bypassed or end_step() skipped?"
+            )
         d = self.rt.begin_microbatch(self.micro, grad_scale=self.step_grad_scale)
         self.rt.record_loss(d, loss)
         self.domains_seen.append(d)
@@ -68,8 +71,10 @@ class MixingSession:
         """Close the step (collective over the runtime's groups). ``skipped``: the optimizer did
         not apply it (fp16 overflow)."""
         if self.micro not in (0, self.rt.grad_accum):
-            raise RuntimeError(f"acodm: saw {self.micro} training losses in a step of "
-                               f"{self.rt.grad_accum} micro-batches; the loss wrapper missed some")
+            raise RuntimeError(
+                f"acodm: saw {self.micro} training losses in a step of "
+                f"{self.rt.grad_accum} micro-batches; the loss wrapper missed some"
+            )
         metrics = self.rt.end_step(skipped=skipped)
         self.micro = 0
         self.domains_seen = []
@@ -84,10 +89,11 @@ class MixingSession:
         try:
             self.rt.load(path)
         except (FileNotFoundError, CheckpointError, RemoteFailure, CollectiveTimeout) as e:
-            raise RuntimeError(f"acodm: resuming from step {expected_step} needs {path} ({e}); "
-                               f"{hint}") from e
+            raise RuntimeError(f"acodm: resuming from step {expected_step} needs {path} ({e}); {hint}") from e
         if self.rt.step != expected_step:
-            raise RuntimeError(f"acodm: mixer state {path} is at step {self.rt.step}, the framework "
-                               f"resumes at {expected_step}; the checkpoint and its acodm state differ")
+            raise RuntimeError(
+                f"acodm: mixer state {path} is at step {self.rt.step}, the framework "
+                f"resumes at {expected_step}; the checkpoint and its acodm state differ"
+            )
         logger.info("acodm: resumed mixer state from %s (step %d)", path, self.rt.step)
         self.refresh_grad_scale()

@@ -46,8 +46,9 @@ class ParamNorms:
         self._prev_weights: list[torch.Tensor] | None = None
 
     @torch.no_grad()
-    def measure(self, reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def measure(
+        self, reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (norms [L], update_norms [L]) float32 on the CPU (one small transfer per step)."""
         first = self._prev_weights is None
         device = self.params[0].param.device if self.params else torch.device("cpu")
@@ -79,27 +80,33 @@ class ParamNorms:
 
         prev = state.get("prev_norms") if isinstance(state, dict) else None
         if prev is not None and (not isinstance(prev, torch.Tensor) or tuple(prev.shape) != (self.num_layers,)):
-            raise CheckpointError(f"{path}: norm state is for {getattr(prev, 'shape', prev)} layers, "
-                                  f"this run has {self.num_layers} (acodm.state.norm_params changed?)")
+            raise CheckpointError(
+                f"{path}: norm state is for {getattr(prev, 'shape', prev)} layers, "
+                f"this run has {self.num_layers} (acodm.state.norm_params changed?)"
+            )
         pw = state.get("prev_weights") if isinstance(state, dict) else None
         if pw and [tuple(w.shape) for w in pw] != [tuple(p.param.shape) for p in self.params]:
-            raise CheckpointError(f"{path}: saved norm-layer weight copies do not match this model's "
-                                  f"selected layers (acodm.state.norm_params or the model changed)")
+            raise CheckpointError(
+                f"{path}: saved norm-layer weight copies do not match this model's "
+                f"selected layers (acodm.state.norm_params or the model changed)"
+            )
 
     def state_dict(self) -> dict:
-        return {"prev_norms": self._prev_norms,
-                "prev_weights": [w.cpu() for w in self._prev_weights] if self._prev_weights else None}
+        return {
+            "prev_norms": self._prev_norms,
+            "prev_weights": [w.cpu() for w in self._prev_weights] if self._prev_weights else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self._prev_norms = state["prev_norms"]
         pw = state.get("prev_weights")
-        self._prev_weights = ([w.to(p.param.device) for w, p in zip(pw, self.params)] if pw else None)
+        self._prev_weights = [w.to(p.param.device) for w, p in zip(pw, self.params)] if pw else None
+
 
 class StateBuilder:
     """Builds s_t from one step's statistics; remembers the previous losses."""
 
-    def __init__(self, num_domains: int, num_norm_layers: int, total_steps: int, normalize: str,
-                 extra: int = 0):
+    def __init__(self, num_domains: int, num_norm_layers: int, total_steps: int, normalize: str, extra: int = 0):
         self.k = num_domains
         self.extra = extra
         self.l = num_norm_layers
@@ -112,8 +119,15 @@ class StateBuilder:
     def dim(self) -> int:
         return state_dim(self.k, self.l, self.extra)
 
-    def build(self, step: int, loss: torch.Tensor, counts: torch.Tensor, norms: torch.Tensor,
-              update_norms: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+    def build(
+        self,
+        step: int,
+        loss: torch.Tensor,
+        counts: torch.Tensor,
+        norms: torch.Tensor,
+        update_norms: torch.Tensor,
+        extra: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """loss: [K] (NaN where the domain drew nothing); counts: [K] this step's micro-batches;
         norms, update_norms: [L]; extra: [E] appended as is. Returns [3K + 2L + 1 + E] float32."""
         loss = loss.to(torch.float32)
@@ -131,8 +145,9 @@ class StateBuilder:
         groups = [cur, delta, share, norms.to(torch.float32), update_norms.to(torch.float32)]
         if self.normalize == "zscore":
             # z-scoring fewer than 3 entries gives constants (+-0.707 for 2): use log-scale there
-            groups = [zscore(g) if g.numel() >= 3 or i < 3 else torch.log1p(g.clamp_min(0))
-                      for i, g in enumerate(groups)]
+            groups = [
+                zscore(g) if g.numel() >= 3 or i < 3 else torch.log1p(g.clamp_min(0)) for i, g in enumerate(groups)
+            ]
         progress = torch.tensor([min(step / self.total_steps, 1.0)], dtype=torch.float32)
         tail = [] if self.extra == 0 else [torch.zeros(self.extra) if extra is None else extra.float()]
         return torch.cat(groups + [progress] + tail)

@@ -1,6 +1,6 @@
 """A typed YAML engine: frozen dataclasses whose fields carry their documentation and ranges.
 
-:func:`_build` turns a loaded mapping into a dataclass, converting every field by its type
+:func:`build` turns a loaded mapping into a dataclass, converting every field by its type
 annotation and checking ranges; a class may define ``_check(self, path)`` for its cross-field
 checks. Errors are :class:`ConfigError` whose one-line message starts with the dotted key path.
 :func:`load_yaml` refuses duplicate keys (YAML would otherwise keep the last one silently).
@@ -13,32 +13,33 @@ import difflib
 import math
 import types
 import typing
-from dataclasses import field
 from typing import Any, Literal, Union
 
 import yaml
+
+__all__ = ["ConfigError", "build", "field", "load_yaml", "reference_rows", "to_plain"]
+
 
 class ConfigError(ValueError):
     """A bad ``acodm`` value; the message starts with the dotted key path."""
 
 
-def _f(default: Any = dataclasses.MISSING, doc: str = "", rng: tuple | None = None, factory=None):
+def field(default: Any = dataclasses.MISSING, doc: str = "", rng: tuple | None = None, factory=None):
     """Declare a documented field; ``rng`` = (lo, hi, lo_inclusive, hi_inclusive), None = open."""
     meta = {"doc": doc}
     if rng is not None:
         meta["range"] = rng
     if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
-
-
-def _to_plain(obj: Any) -> Any:
+def to_plain(obj: Any) -> Any:
+    """Dataclasses (nested) as plain dicts and lists (tuples become lists)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
-        return [_to_plain(x) for x in obj]
+        return [to_plain(x) for x in obj]
     return obj
 
 
@@ -78,15 +79,13 @@ def _check_range(value: float, rng: tuple, path: str) -> None:
 def _convert(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
+        return build(tp, value, path)
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
             close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"{path}: got {value!r}{hint} (allowed: {', '.join(map(str, allowed))})"
-            )
+            raise ConfigError(f"{path}: got {value!r}{hint} (allowed: {', '.join(map(str, allowed))})")
         return value
     if origin in (Union, types.UnionType):
         errors = []
@@ -136,7 +135,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} at {path}")  # programming error
 
 
-def _build(cls: type, data: Any, path: str) -> Any:
+def build(cls: type, data: Any, path: str) -> Any:
+    """``cls`` built from the mapping ``data`` (None = all defaults); raises ConfigError naming ``path``."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -147,9 +147,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(
-                f"{path}.{key}: unknown key; {hint}(valid: {', '.join(sorted(fields))})"
-            )
+            raise ConfigError(f"{path}.{key}: unknown key; {hint}(valid: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, f in fields.items():
         sub = f"{path}.{name}"
@@ -169,7 +167,6 @@ def _build(cls: type, data: Any, path: str) -> Any:
     return obj
 
 
-
 class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping."""
 
@@ -179,8 +176,10 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice in "
-                              f"one mapping (YAML would silently keep the last); remove one")
+            raise ConfigError(
+                f"line {key_node.start_mark.line + 1}: key {key!r} appears twice in "
+                f"one mapping (YAML would silently keep the last); remove one"
+            )
         seen.add(key)
     return yaml.SafeLoader.construct_mapping(loader, node, deep)
 
@@ -222,17 +221,19 @@ def reference_rows(cls: type, prefix: str) -> list[str]:
                 walk(typing.get_args(tp)[0], key + "[]")
                 continue
             if f.default is not dataclasses.MISSING:
-                default = f"`{_to_plain(f.default)!r}`" if f.default is not None else "`null`"
+                default = f"`{to_plain(f.default)!r}`" if f.default is not None else "`null`"
             elif f.default_factory is not dataclasses.MISSING:
-                default = f"`{_to_plain(f.default_factory())!r}`"
+                default = f"`{to_plain(f.default_factory())!r}`"
             else:
                 default = "(required)"
             rng = f.metadata.get("range")
             extra = ""
             if rng:
                 lo, hi, li, hi_inc = rng
-                extra = f" Range {'[' if li else '('}{'-inf' if lo is None else lo}, " \
-                        f"{'inf' if hi is None else hi}{']' if hi_inc else ')'}."
+                extra = (
+                    f" Range {'[' if li else '('}{'-inf' if lo is None else lo}, "
+                    f"{'inf' if hi is None else hi}{']' if hi_inc else ')'}."
+                )
             doc = f.metadata.get("doc", "").replace("|", "\\|")
             rows.append(f"| `{key}` | {_type_name(tp).replace('|', '/')} | {default} | {doc}{extra} |")
 

@@ -15,11 +15,11 @@ import dataclasses
 import os
 import sys
 
-from ._registry import NEOX_VERIFIED
+from .registry import NEOX_VERIFIED, Patch
 
 TARGET = "megatron.neox_arguments.arguments"
 VERIFIED = NEOX_VERIFIED
-_DOC = "AC-ODM online data mixing (neox_acodm): the acodm block; see the neox_acodm README."
+_DOC = "AC-ODM online data mixing (neox_acodm): the acodm block; see docs/neox.md of neox_acodm."
 
 
 def reconcile(cfg, neox_args):
@@ -30,27 +30,30 @@ def reconcile(cfg, neox_args):
 
     paths = list(getattr(neox_args, "train_data_paths", None) or [])
     if not paths:
-        raise ConfigError("acodm.domains: GPT-NeoX must be given train_data_paths (one per domain); "
-                          "data_path (a single blended dataset) has no domains")
+        raise ConfigError(
+            "acodm.domains: GPT-NeoX must be given train_data_paths (one per domain); "
+            "data_path (a single blended dataset) has no domains"
+        )
     if len(paths) != cfg.num_domains:
-        raise ConfigError(f"acodm.domains: {cfg.num_domains} domains but train_data_paths has "
-                          f"{len(paths)} entries; list one domain per path, in the same order")
+        raise ConfigError(
+            f"acodm.domains: {cfg.num_domains} domains but train_data_paths has "
+            f"{len(paths)} entries; list one domain per path, in the same order"
+        )
     for i, (d, p) in enumerate(zip(cfg.domains, paths)):
         if d.train_path is not None and os.path.normpath(d.train_path) != os.path.normpath(p):
-            raise ConfigError(f"acodm.domains[{i}].train_path: {d.train_path!r} differs from "
-                              f"train_data_paths[{i}] = {p!r}")
+            raise ConfigError(
+                f"acodm.domains[{i}].train_path: {d.train_path!r} differs from train_data_paths[{i}] = {p!r}"
+            )
     if getattr(neox_args, "train_epochs", None):
-        raise ConfigError("acodm: train_epochs mode is not supported (dynamic weights need "
-                          "train_iters); set train_iters")
+        raise ConfigError(
+            "acodm: train_epochs mode is not supported (dynamic weights need train_iters); set train_iters"
+        )
     domains = [{**dataclasses.asdict(d), "train_path": p} for d, p in zip(cfg.domains, paths)]
     return cfg.replace(domains=domains, total_steps=cfg.total_steps or getattr(neox_args, "train_iters", None))
 
 
-def _one_line_config_errors() -> None:
-    """An uncaught ConfigError (a bad acodm block) prints one line, not a traceback."""
-    previous = sys.excepthook
-    if getattr(previous, "_acodm", False):
-        return
+def _one_line(previous):
+    """``sys.excepthook``: an uncaught ConfigError (a bad acodm block) prints one line, not a traceback."""
 
     def excepthook(kind, value, tb):
         from neox_acodm.config import ConfigError
@@ -60,31 +63,12 @@ def _one_line_config_errors() -> None:
             return
         previous(kind, value, tb)
 
-    excepthook._acodm = True
-    sys.excepthook = excepthook
+    return excepthook
 
 
-def apply(arguments_module) -> None:
-    """Register the field on ``arguments_module.NeoXArgs`` (idempotent)."""
-    for name in ("NeoXArgs", "BASE_CLASSES", "NEOX_ARG_CLASSES"):
-        if not hasattr(arguments_module, name):
-            raise RuntimeError(
-                f"neox_acodm: {TARGET}.{name} not found (verified on GPT-NeoX {', '.join(VERIFIED)}); "
-                f"upstream changed its argument system")
-    neox_args_cls = arguments_module.NeoXArgs
-    _one_line_config_errors()
-    if "acodm" in neox_args_cls.__dataclass_fields__:
-        return
-    template = arguments_module.BASE_CLASSES[0].__mro__[1]  # NeoXArgsTemplate
-    extra = dataclasses.make_dataclass(
-        "NeoXArgsACODM", [("acodm", dict, dataclasses.field(default=None, metadata={"doc": _DOC}))],
-        bases=(template,))
-    extra.__doc__ = _DOC
-    neox_args_cls.__bases__ += (extra,)
-    arguments_module.BASE_CLASSES.append(extra)
-    arguments_module.NEOX_ARG_CLASSES.append(extra)
-    neox_args_cls.__dataclass_fields__["acodm"] = extra.__dataclass_fields__["acodm"]
-    original_init = neox_args_cls.__init__
+def _validating_init(original_init):
+    """``NeoXArgs.__init__`` taking ``acodm=``: the block is validated with the core parser and
+    checked against NeoX's data arguments at construction (in ``deepy.py``, before launch)."""
 
     def __init__(self, *args, acodm=None, **kwargs):
         if acodm is not None:
@@ -96,5 +80,38 @@ def apply(arguments_module) -> None:
         if acodm is not None:
             reconcile(cfg, self)  # data paths vs domains: fails in deepy.py, before launch
 
-    __init__.__wrapped__ = original_init
-    neox_args_cls.__init__ = __init__
+    return __init__
+
+
+EXCEPTHOOK = Patch("sys:excepthook", _one_line)
+
+
+def init_patch(neox_args_cls) -> Patch:
+    """``NeoXArgs.__init__`` of the given class (the imported module's) validating ``acodm=``."""
+    return Patch(f"{TARGET}:NeoXArgs.__init__", _validating_init, owner=neox_args_cls)
+
+
+def apply(arguments_module) -> None:
+    """Register the field on ``arguments_module.NeoXArgs`` (idempotent)."""
+    for name in ("NeoXArgs", "BASE_CLASSES", "NEOX_ARG_CLASSES"):
+        if not hasattr(arguments_module, name):
+            raise RuntimeError(
+                f"neox_acodm: {TARGET}.{name} not found (verified on GPT-NeoX {', '.join(VERIFIED)}); "
+                f"upstream changed its argument system"
+            )
+    neox_args_cls = arguments_module.NeoXArgs
+    EXCEPTHOOK.apply()
+    if "acodm" in neox_args_cls.__dataclass_fields__:
+        return
+    # the field itself: an extra base class, so every path NeoX uses (from_ymls, the base64
+    # --megatron_config, consume_neox_args, all_config) sees it
+    template = arguments_module.BASE_CLASSES[0].__mro__[1]  # NeoXArgsTemplate
+    extra = dataclasses.make_dataclass(
+        "NeoXArgsACODM", [("acodm", dict, dataclasses.field(default=None, metadata={"doc": _DOC}))], bases=(template,)
+    )
+    extra.__doc__ = _DOC
+    neox_args_cls.__bases__ += (extra,)
+    arguments_module.BASE_CLASSES.append(extra)
+    arguments_module.NEOX_ARG_CLASSES.append(extra)
+    neox_args_cls.__dataclass_fields__["acodm"] = extra.__dataclass_fields__["acodm"]
+    init_patch(neox_args_cls).apply()

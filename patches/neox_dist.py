@@ -26,7 +26,8 @@ def join_error(seconds: float, error: BaseException) -> RuntimeError:
         f"(acodm.collective_timeout_s): a rank exited before joining ({first}). Read the other "
         f"nodes' logs: `unexpected keyword argument 'acodm'` there means neox_acodm's start-up hook "
         f"is missing in that node's environment; run `neox-acodm install-hook` in it (and unset "
-        f"NEOX_ACODM_DISABLE)")
+        f"NEOX_ACODM_DISABLE)"
+    )
 
 
 def wrap_init_distributed(timeout_s: float):
@@ -59,8 +60,11 @@ def wrap_init_distributed(timeout_s: float):
                 try:
                     c10d._get_default_store().set_timeout(full)
                 except (AttributeError, RuntimeError, ValueError) as e:
-                    logger.warning("acodm: could not restore the store timeout (%s); later store "
-                                   "waits are bounded by %g s", e, join.total_seconds())
+                    logger.warning(
+                        "acodm: could not restore the store timeout (%s); later store waits are bounded by %g s",
+                        e,
+                        join.total_seconds(),
+                    )
             return out
 
         init_distributed.__wrapped__ = original

@@ -14,8 +14,18 @@ import os
 logger = logging.getLogger("neox_acodm.patches.neox_eval")
 
 #: the evaluate_and_print_results arguments the per-domain evaluation binds by name
-EVAL_PARAMS = ("neox_args", "prefix", "forward_step_func", "data_iterator", "model", "iteration",
-               "verbose", "timers", "chart_name", "reference_model")
+EVAL_PARAMS = (
+    "neox_args",
+    "prefix",
+    "forward_step_func",
+    "data_iterator",
+    "model",
+    "iteration",
+    "verbose",
+    "timers",
+    "chart_name",
+    "reference_model",
+)
 #: the forward_step arguments the eval-shape wrapper reads (positions 2 and 4)
 FORWARD_PARAMS = ("data_iterator", "model", "neox_args", "timers", "return_logits")
 
@@ -31,10 +41,12 @@ class DomainEvaluation:
         # per-domain validation needs one valid path per domain, in domain order
         self.enabled = len(valid_paths) == cfg.num_domains and all(
             d.valid_path is None or os.path.normpath(d.valid_path) == os.path.normpath(p)
-            for d, p in zip(cfg.domains, valid_paths))
+            for d, p in zip(cfg.domains, valid_paths)
+        )
         if valid_paths and not self.enabled:
-            logger.warning("acodm: valid_data_paths do not match acodm.domains one-to-one; per-domain "
-                           "validation perplexity is off")
+            logger.warning(
+                "acodm: valid_data_paths do not match acodm.domains one-to-one; per-domain validation perplexity is off"
+            )
 
     def wrap(self, original):
         import inspect
@@ -48,8 +60,14 @@ class DomainEvaluation:
             a.apply_defaults()
             a = a.arguments
             if a["chart_name"] == "validation" and ev.enabled and a["neox_args"].eval_iters > 0:
-                ev.evaluate(a["neox_args"], a["forward_step_func"], a["model"], a["iteration"],
-                            a["timers"], a["reference_model"])
+                ev.evaluate(
+                    a["neox_args"],
+                    a["forward_step_func"],
+                    a["model"],
+                    a["iteration"],
+                    a["timers"],
+                    a["reference_model"],
+                )
             return out
 
         return evaluate_and_print_results
@@ -75,13 +93,23 @@ class DomainEvaluation:
         ppl = {}
         for i, name in enumerate(self.integ.cfg.domain_names):
             it = windows(self.datasets[i]) if self.datasets is not None else None
-            res = training.evaluate(neox_args=neox_args, forward_step_fn=forward_step_func, data_iterator=it,
-                                    model=model, verbose=False, timers=timers, reference_model=reference_model)
+            res = training.evaluate(
+                neox_args=neox_args,
+                forward_step_fn=forward_step_func,
+                data_iterator=it,
+                model=model,
+                verbose=False,
+                timers=timers,
+                reference_model=reference_model,
+            )
             ppl[name] = res["lm_loss_ppl"]
         ppl["avg"] = float(np.mean(list(ppl.values())))
         self.integ.session.sink.write(iteration, {f"val_ppl/{k}": v for k, v in ppl.items()}, logged=True)
-        print_rank_0(" acodm per-domain validation ppl at iteration {} | {}".format(
-            iteration, " | ".join(f"{k}: {v:.3f}" for k, v in ppl.items())))
+        print_rank_0(
+            " acodm per-domain validation ppl at iteration {} | {}".format(
+                iteration, " | ".join(f"{k}: {v:.3f}" for k, v in ppl.items())
+            )
+        )
 
 
 def eval_output_pair(out, return_logits: bool):

@@ -50,8 +50,14 @@ def tiny_cfg(mixer: str = "acodm", k: int = 3, **over) -> ACODMConfig:
         "seed": 7,
         "total_steps": 100,
         "domains": [{"name": f"d{i}", "weight": 1.0 + i} for i in range(k)],
-        "agent": {"hidden_dim": 32, "num_layers": 2, "batch_size": 4, "buffer_size": 64,
-                  "warmup_steps": 3, "tau": 0.05},
+        "agent": {
+            "hidden_dim": 32,
+            "num_layers": 2,
+            "batch_size": 4,
+            "buffer_size": 64,
+            "warmup_steps": 3,
+            "tau": 0.05,
+        },
         "reward": {"params": {"module": "mlp_out", "layers": [-1, -2]}},
         "state": {"norm_params": {"module": "mlp_out", "layers": "all"}},
     }

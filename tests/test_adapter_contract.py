@@ -4,7 +4,6 @@ routes acodm/* scalars to the rank that has the writer (Megatron's is the last r
 
 import os
 import pickle
-import socket
 import sys
 import types
 
@@ -13,12 +12,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import TinyLM, domain_batch, tiny_cfg
 from neox_acodm.config import ConfigError
 from neox_acodm.dist import ParallelLayout
 from neox_acodm.metrics import MetricsSink, tag
 from neox_acodm.runtime import MixingRuntime
 from neox_acodm.session import MixingSession
+
+from conftest import TinyLM, domain_batch, tiny_cfg
+from support import free_port
 
 
 def _standin_training(rename: bool = False):
@@ -30,9 +31,11 @@ def _standin_training(rename: bool = False):
         return "model", "optimizer", "scheduler"
 
     if rename:
+
         def train_step(forward_step_fn, data_iterator, model, optimizer, *a, **kw):  # renamed arg
             return {}, 0
     else:
+
         def train_step(forward_step_func, data_iterator, model, optimizer, *a, **kw):
             calls.append("step")
             return {}, 1, False
@@ -40,20 +43,45 @@ def _standin_training(rename: bool = False):
     def save_checkpoint(iteration, model, optimizer, *a, **kw):
         calls.append("save")
 
-    def evaluate(forward_step_func, data_iterator, model, process_non_loss_data_func, config, verbose=False,
-                 non_loss_data_func=None, eval_iters=None, pg_collection=None, p2p_communicator=None):
+    def evaluate(
+        forward_step_func,
+        data_iterator,
+        model,
+        process_non_loss_data_func,
+        config,
+        verbose=False,
+        non_loss_data_func=None,
+        eval_iters=None,
+        pg_collection=None,
+        p2p_communicator=None,
+    ):
         calls.append("evaluate")
         return {"lm loss": torch.tensor(float(next(data_iterator)))}, None, False
 
-    def evaluate_and_print_results(prefix, forward_step_func, data_iterator, model, iteration,
-                                   process_non_loss_data_func, config, verbose=False, write_to_tensorboard=True,
-                                   non_loss_data_func=None, pg_collection=None, p2p_communicator=None):
+    def evaluate_and_print_results(
+        prefix,
+        forward_step_func,
+        data_iterator,
+        model,
+        iteration,
+        process_non_loss_data_func,
+        config,
+        verbose=False,
+        write_to_tensorboard=True,
+        non_loss_data_func=None,
+        pg_collection=None,
+        p2p_communicator=None,
+    ):
         # core_r0.19: one evaluate() per validation set when args.multiple_validation_sets
         iterators = data_iterator if isinstance(data_iterator, list) else [data_iterator]
         for it in iterators:
             mod.evaluate(forward_step_func, it, model, process_non_loss_data_func, config, verbose)
 
-    mod.setup_model_and_optimizer, mod.train_step, mod.save_checkpoint = setup_model_and_optimizer, train_step, save_checkpoint
+    mod.setup_model_and_optimizer, mod.train_step, mod.save_checkpoint = (
+        setup_model_and_optimizer,
+        train_step,
+        save_checkpoint,
+    )
     mod.evaluate, mod.evaluate_and_print_results = evaluate, evaluate_and_print_results
     return mod, calls
 
@@ -94,8 +122,13 @@ def test_megatron_patches_use_the_registry_and_pass_skipped_iter(standin):
     originals = (mod.setup_model_and_optimizer, mod.train_step, mod.save_checkpoint)
     session = _Session()
     patches = pretrain_gpt.install(session)
-    assert {p.attr for p in patches} == {"setup_model_and_optimizer", "train_step", "save_checkpoint",
-                                         "evaluate_and_print_results", "evaluate"}
+    assert {p.attr for p in patches} == {
+        "setup_model_and_optimizer",
+        "train_step",
+        "save_checkpoint",
+        "evaluate_and_print_results",
+        "evaluate",
+    }
     assert all(p.is_applied() for p in patches)
     for p in patches:
         p.apply()  # idempotent
@@ -140,9 +173,12 @@ def test_megatron_logs_per_domain_validation_ppl(standin):
             p.remove()
     assert seen == [(True, ["a", "b"], [3, 3])] * 2 + [(False, None, 3)]  # Megatron's sets, named by domain
     assert (args.multiple_validation_sets, args.validation_set_names, args.eval_iters) == (False, None, 3)
-    e1, e2 = round(math.e, 6), round(math.e ** 2, 6)
-    assert written == [("acodm/val_ppl/a", e1, 10), ("acodm/val_ppl/b", e2, 10),
-                       ("acodm/val_ppl/avg", round((math.e + math.e ** 2) / 2, 6), 10)]
+    e1, e2 = round(math.e, 6), round(math.e**2, 6)
+    assert written == [
+        ("acodm/val_ppl/a", e1, 10),
+        ("acodm/val_ppl/b", e2, 10),
+        ("acodm/val_ppl/avg", round((math.e + math.e**2) / 2, 6), 10),
+    ]
     assert calls.count("evaluate") == 3
     with pytest.raises(RuntimeError, match="read through neox_acodm's evaluate_and_print_results"):
         next(sets)
@@ -170,19 +206,13 @@ def test_session_counts_micro_batches_and_reads_the_scale_once_per_step():
             session.observe_loss(model.loss(domain_batch(d, idx)))
         session.end_step()
     assert len(reads) == 3  # attach + one per step, never per micro-batch
-    for d, idx in session.rt.micro_batches():
+    for _ in session.rt.micro_batches():
         session.observe_loss(torch.tensor(1.0))
     with pytest.raises(RuntimeError, match="more than 3 training losses"):
         session.observe_loss(torch.tensor(1.0))
     session.micro = 2
     with pytest.raises(RuntimeError, match="saw 2 training losses in a step of 3"):
         session.end_step()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sink_worker(rank, port, out):
@@ -192,11 +222,23 @@ def _sink_worker(rank, port, out):
     written = []
     cfg = tiny_cfg("acodm", log_interval=2)
     model = TinyLM()
-    rt = MixingRuntime(cfg, dataset_sizes=[50, 60, 70], grad_accum=2, micro_batch=2, model=model,
-                       layout=ParallelLayout(2, rank, dist.group.WORLD, dist.group.WORLD))
+    rt = MixingRuntime(
+        cfg,
+        dataset_sizes=[50, 60, 70],
+        grad_accum=2,
+        micro_batch=2,
+        model=model,
+        layout=ParallelLayout(2, rank, dist.group.WORLD, dist.group.WORLD),
+    )
     # Megatron's layout: the mixer on rank 0, the writer on the last rank
-    sink = MetricsSink(lambda: (lambda t, v, s: written.append((t, s))) if rank == 1 else None, 2,
-                       route="broadcast", group=dist.group.WORLD, is_owner=rt.is_owner, timeout=30)
+    sink = MetricsSink(
+        lambda: (lambda t, v, s: written.append((t, s))) if rank == 1 else None,
+        2,
+        route="broadcast",
+        group=dist.group.WORLD,
+        is_owner=rt.is_owner,
+        timeout=30,
+    )
     session = MixingSession(cfg, sink=sink)
     session.attach(rt)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -215,7 +257,7 @@ def _sink_worker(rank, port, out):
 
 
 def test_metrics_reach_the_writer_on_another_rank(tmp_path):
-    mp.spawn(_sink_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_sink_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     owner = pickle.load(open(tmp_path / "sink0.pkl", "rb"))
     writer = pickle.load(open(tmp_path / "sink1.pkl", "rb"))
     assert owner == []
@@ -275,10 +317,23 @@ def test_step_stats_hold_one_array_type():
 
     from neox_acodm.mixers import StepStats
 
-    s = StepStats(step=0, weights=np.full(2, 0.5), probs=np.full(2, 0.5), counts=torch.tensor([1, 1]),
-                  loss=np.ones(2), gram=torch.eye(2), norms=torch.ones(3))
+    s = StepStats(
+        step=0,
+        weights=np.full(2, 0.5),
+        probs=np.full(2, 0.5),
+        counts=torch.tensor([1, 1]),
+        loss=np.ones(2),
+        gram=torch.eye(2),
+        norms=torch.ones(3),
+    )
     assert all(isinstance(getattr(s, f), np.ndarray) for f in ("counts", "gram", "norms"))
     assert s.gram.dtype == np.float32 and s.is_finite()
-    bad = StepStats(step=0, weights=np.full(2, 0.5), probs=np.full(2, 0.5), counts=np.ones(2),
-                    loss=np.ones(2), gram=torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
+    bad = StepStats(
+        step=0,
+        weights=np.full(2, 0.5),
+        probs=np.full(2, 0.5),
+        counts=np.ones(2),
+        loss=np.ones(2),
+        gram=torch.tensor([[1.0, float("nan")], [0.0, 1.0]]),
+    )
     assert not bad.is_finite()

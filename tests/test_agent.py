@@ -8,8 +8,18 @@ from neox_acodm.agent import DDPGAgent
 from neox_acodm.agent.ddpg import lr_factor
 from neox_acodm.config import AgentConfig
 
-CFG = AgentConfig(hidden_dim=64, num_layers=2, actor_lr=1e-3, critic_lr=1e-3, tau=0.05,
-                  batch_size=32, gamma=0.5, lr_decay="constant", warmup_steps=0, kl_coef=0.0)
+CFG = AgentConfig(
+    hidden_dim=64,
+    num_layers=2,
+    actor_lr=1e-3,
+    critic_lr=1e-3,
+    tau=0.05,
+    batch_size=32,
+    gamma=0.5,
+    lr_decay="constant",
+    warmup_steps=0,
+    kl_coef=0.0,
+)
 
 
 def flat(m):
@@ -62,8 +72,12 @@ def test_update_changes_actor_and_critic_and_targets_move_by_tau():
     agent = DDPGAgent(CFG, 4, 3, 1, total_updates=100, seed=1)
     g = torch.Generator().manual_seed(1)
     for _ in range(40):
-        agent.observe(torch.randn(4, generator=g), torch.softmax(torch.randn(3, generator=g), 0),
-                      torch.randn(1, generator=g), torch.randn(4, generator=g))
+        agent.observe(
+            torch.randn(4, generator=g),
+            torch.softmax(torch.randn(3, generator=g), 0),
+            torch.randn(1, generator=g),
+            torch.randn(4, generator=g),
+        )
     actor0, critic0 = flat(agent.actor), flat(agent.critic)
     at0, ct0 = flat(agent.actor_target), flat(agent.critic_target)
     out = agent.update()
@@ -128,10 +142,12 @@ def test_agent_construction_leaves_every_global_rng_untouched(monkeypatch):
     monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda s: calls.append(("all", s)))
     monkeypatch.setattr(torch.cuda, "manual_seed", lambda s: calls.append(("one", s)))
     cpu_state = torch.get_rng_state()
-    a = DDPGAgent(AgentConfig(hidden_dim=16, num_layers=2), state_dim=5, num_domains=3, reward_dim=3,
-                  total_updates=10, seed=11)
-    b = DDPGAgent(AgentConfig(hidden_dim=16, num_layers=2), state_dim=5, num_domains=3, reward_dim=3,
-                  total_updates=10, seed=11)
+    a = DDPGAgent(
+        AgentConfig(hidden_dim=16, num_layers=2), state_dim=5, num_domains=3, reward_dim=3, total_updates=10, seed=11
+    )
+    b = DDPGAgent(
+        AgentConfig(hidden_dim=16, num_layers=2), state_dim=5, num_domains=3, reward_dim=3, total_updates=10, seed=11
+    )
     assert calls == []
     assert torch.equal(torch.get_rng_state(), cpu_state)
     for k, v in a.actor.state_dict().items():  # still a pure function of the seed

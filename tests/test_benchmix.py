@@ -11,12 +11,21 @@ import numpy as np
 import pytest
 import yaml
 
-from neox_acodm.benchmix.scenario import builtin_scenarios, load_scenario, parse_scenario, size_of
-from neox_acodm.benchmix.stats import metric_of, paired, steps_to_reach, summary
 from neox_acodm.config import ConfigError
+from neox_acodm.tools.benchmix.scenario import builtin_scenarios, load_scenario, parse_scenario, size_of
+from neox_acodm.tools.benchmix.stats import metric_of, paired, steps_to_reach, summary
 
-REQUIRED = {"static_natural", "uniform", "odm", "gram_softmax", "acodm_paper", "acodm", "acodm_control",
-            "acodm_proxy", "temperature"}
+REQUIRED = {
+    "static_natural",
+    "uniform",
+    "odm",
+    "gram_softmax",
+    "acodm_paper",
+    "acodm",
+    "acodm_control",
+    "acodm_proxy",
+    "temperature",
+}
 
 
 def _shares(sc):
@@ -46,17 +55,23 @@ def _base():
     return yaml.safe_load(Path(builtin_scenarios()["noisy"]).read_text())
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda d: d.update(seedz=[1]), r"scenario.seedz: unknown key; did you mean 'seeds'"),
-    (lambda d: d["domains"][0].update(train_tokens=10), r"scenario.domains\[0\].train_tokens: must be in \[1024"),
-    (lambda d: d["domains"][0].update(transform="reverse"), r"scenario.domains\[0\].transform: got 'reverse'"),
-    (lambda d: d.update(mixers=["static_natural", "doremi"]), r"scenario.mixers: unknown mixer 'doremi'"),
-    (lambda d: d["sizes"]["cpu"]["train"].update(grad_accum=4), r"scenario.sizes.cpu.train.grad_accum: 4 < 6 domains"),
-    (lambda d: d["sizes"]["cpu"]["model"].update(hiden=3), r"scenario.sizes.cpu.model.hiden: unknown key"),
-    (lambda d: d["sizes"].pop("cpu"), r"scenario.sizes.cpu: required"),
-    (lambda d: [x.update(metric_weight=0) for x in d["domains"]], "at least one metric_weight must be positive"),
-    (lambda d: d["domains"][1].update(name=d["domains"][0]["name"]), "duplicate names"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda d: d.update(seedz=[1]), r"scenario.seedz: unknown key; did you mean 'seeds'"),
+        (lambda d: d["domains"][0].update(train_tokens=10), r"scenario.domains\[0\].train_tokens: must be in \[1024"),
+        (lambda d: d["domains"][0].update(transform="reverse"), r"scenario.domains\[0\].transform: got 'reverse'"),
+        (lambda d: d.update(mixers=["static_natural", "doremi"]), r"scenario.mixers: unknown mixer 'doremi'"),
+        (
+            lambda d: d["sizes"]["cpu"]["train"].update(grad_accum=4),
+            r"scenario.sizes.cpu.train.grad_accum: 4 < 6 domains",
+        ),
+        (lambda d: d["sizes"]["cpu"]["model"].update(hiden=3), r"scenario.sizes.cpu.model.hiden: unknown key"),
+        (lambda d: d["sizes"].pop("cpu"), r"scenario.sizes.cpu: required"),
+        (lambda d: [x.update(metric_weight=0) for x in d["domains"]], "at least one metric_weight must be positive"),
+        (lambda d: d["domains"][1].update(name=d["domains"][0]["name"]), "duplicate names"),
+    ],
+)
 def test_scenario_validation_names_the_key(edit, match):
     data = _base()
     edit(data)
@@ -71,8 +86,21 @@ def test_scenario_file_errors(tmp_path):
         load_scenario(str(bad))
     with pytest.raises(ConfigError, match="no such scenario file or built-in scenario"):
         load_scenario(str(tmp_path / "missing.yml"))
-    res = subprocess.run([sys.executable, "-m", "neox_acodm.cli", "bench-mix", "--scenario", str(bad),
-                          "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "neox_acodm.tools.cli",
+            "bench-mix",
+            "--scenario",
+            str(bad),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and res.stderr.strip().startswith("error:") and "Traceback" not in res.stderr
 
 
@@ -95,8 +123,12 @@ def test_paired_interval_matches_hand_computation():
 @pytest.fixture(scope="module")
 def demo_quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    res = subprocess.run([sys.executable, "-m", "neox_acodm.cli", "demo", "--quick", "--out", str(out)],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "-m", "neox_acodm.tools.cli", "demo", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return out, json.loads((out / "report.json").read_text())
 
@@ -141,8 +173,22 @@ def test_demo_quick_pairing_and_weights(demo_quick):
 
 def test_combine_reports_into_one_table(demo_quick, tmp_path):
     out, _ = demo_quick
-    res = subprocess.run([sys.executable, "-m", "neox_acodm.cli", "bench-mix", "--combine", str(out), str(out),
-                          "--out", str(tmp_path / "t.md")], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "neox_acodm.tools.cli",
+            "bench-mix",
+            "--combine",
+            str(out),
+            str(out),
+            "--out",
+            str(tmp_path / "t.md"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     lines = (tmp_path / "t.md").read_text().splitlines()
     assert lines[0] == "| mixer | noisy | noisy |" and len(lines) == 2 + 6

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from neox_acodm.config import ConfigError, load_config, parse_config
+from neox_acodm.mixers import requirements
 
 BASE = {"domains": [{"name": "a", "weight": 1.0}, {"name": "b", "weight": 2.0}]}
 
@@ -36,7 +37,10 @@ CASES = [
     (with_(sampling={"max_weight": 0.3}), "acodm.sampling.max_weight: 0.3 x 2 domains is below 1"),
     (with_(sampling={"min_weight": 0.5, "max_weight": 0.5}), "acodm.sampling.min_weight: must be below max_weight"),
     (with_(proxy={"role": "target"}), "acodm.proxy.policy_path: required when proxy.role is 'target'"),
-    (with_(mixer="odm", proxy={"role": "source", "policy_path": "p.pt"}), "acodm.proxy.role: proxy mode needs mixer 'acodm'"),
+    (
+        with_(mixer="odm", proxy={"role": "source", "policy_path": "p.pt"}),
+        "acodm.proxy.role: proxy mode needs mixer 'acodm'",
+    ),
     (with_(total_steps=0), "acodm.total_steps: must be in [1, inf)"),
     ({"domains": []}, "acodm.domains: at least one domain is required"),
     ({}, "acodm.domains: required key is missing"),
@@ -62,13 +66,14 @@ def test_error_names_key(block, expected):
 
 
 def test_defaults_and_types():
-    cfg = parse_config({"domains": [{"name": "x", "train_path": "data/x"}, {"name": "y"}],
-                        "reward": {"params": {"layers": [-1, -3]}}})
+    cfg = parse_config(
+        {"domains": [{"name": "x", "train_path": "data/x"}, {"name": "y"}], "reward": {"params": {"layers": [-1, -3]}}}
+    )
     assert cfg.num_domains == 2 and cfg.domain_names == ("x", "y")
     assert cfg.reward.params.layers == (-1, -3)
     assert cfg.agent.gamma == 0.95 and cfg.agent.tau == 0.001
     assert cfg.state.norm_params.layers == "first_and_even"
-    assert cfg.needs_rewards
+    assert requirements(cfg).gram and requirements(cfg).norms
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3  # frozen
 
@@ -97,24 +102,27 @@ def test_cli_check_config(tmp_path):
     good.write_text("acodm:\n  domains: [{name: a, weight: 1}, {name: b, weight: 3}]\n")
     bad = tmp_path / "bad.yml"
     bad.write_text("acodm:\n  domains: [{name: a}]\n  agent: {gama: 0.9}\n")
-    cmd = [sys.executable, "-m", "neox_acodm.cli", "check-config"]
+    cmd = [sys.executable, "-m", "neox_acodm.tools.cli", "check-config"]
     ok = subprocess.run(cmd + [str(good)], capture_output=True, text=True)
     assert ok.returncode == 0 and '"mixer": "acodm"' in ok.stdout
     err = subprocess.run(cmd + [str(bad)], capture_output=True, text=True)
     assert err.returncode == 2
-    assert err.stderr.strip() == ("error: acodm.agent.gama: unknown key; did you mean 'gamma'? "
-                                  "(valid: " + err.stderr.split("(valid: ")[1].strip())
+    assert err.stderr.strip() == (
+        "error: acodm.agent.gama: unknown key; did you mean 'gamma'? (valid: " + err.stderr.split("(valid: ")[1].strip()
+    )
     ref = subprocess.run(cmd + ["--reference"], capture_output=True, text=True)
     assert "`acodm.reward.mode`" in ref.stdout and "`acodm.agent.tau`" in ref.stdout
 
 
-def test_readme_config_reference_is_current():
+def test_docs_config_reference_is_current():
     from pathlib import Path
 
     from neox_acodm.config import config_reference
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert config_reference() in readme, "README config reference is stale: regenerate it"
+    page = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    assert config_reference() in page, (
+        "docs/config.md is stale: regenerate it with `neox-acodm check-config --reference`"
+    )
 
 
 def test_shipped_configs_parse():
@@ -128,14 +136,17 @@ def test_shipped_configs_parse():
         assert cfg.num_domains >= 3
     pile = load_config(root / "acodm" / "pythia-1b.yml")
     assert pile.num_domains == 22 and abs(sum(d.weight for d in pile.domains) - 1.0) < 1e-3
-    src, tgt = load_config(root / "acodm" / "proxy-410m-source.yml"), load_config(root / "acodm" / "proxy-1b-target.yml")
+    src, tgt = (
+        load_config(root / "acodm" / "proxy-410m-source.yml"),
+        load_config(root / "acodm" / "proxy-1b-target.yml"),
+    )
     assert (src.proxy.role, tgt.proxy.role) == ("source", "target")
     assert src.proxy.policy_path == tgt.proxy.policy_path
     assert src.state.norm_params == tgt.state.norm_params
 
 
 def test_domains_can_come_from_one_shared_file(tmp_path):
-    from neox_acodm.config import DOMAIN_LISTS
+    from neox_acodm.domain_files import DOMAIN_LISTS
 
     root = Path(__file__).resolve().parents[1] / "configs" / "acodm"
     cfgs = [load_config(f) for f in sorted(root.glob("*.yml"))]

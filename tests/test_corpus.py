@@ -2,12 +2,13 @@
 
 import json
 
-from neox_acodm.demo.corpus import build_corpus, split_documents
+from neox_acodm.tools.benchmix.corpus import build_corpus, split_documents
 
 
 def test_corpus_split_is_by_document(tmp_path):
-    m = build_corpus(tmp_path / "c", cap_mb=0.5, domains=["code_python", "code_c", "changelogs", "drama",
-                                                            "legal", "dictionary"])
+    m = build_corpus(
+        tmp_path / "c", cap_mb=0.5, domains=["code_python", "code_c", "changelogs", "drama", "legal", "dictionary"]
+    )
     assert len(m["domains"]) >= 6
     for d in m["domains"]:
         train = {json.loads(x)["text"] for x in (tmp_path / "c" / f"{d}.train.jsonl").read_text().splitlines()}

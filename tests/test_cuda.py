@@ -14,9 +14,13 @@ try:
     ext = ops.load_extension()
 except RuntimeError:  # a stale/broken build is reported by test_ext.py
     ext = None
-pytestmark = pytest.mark.skipif(
-    not (torch.cuda.is_available() and ext is not None and ext.has_cuda()),
-    reason="needs a GPU and neox_acodm._C built with CUDA")
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not (torch.cuda.is_available() and ext is not None and ext.has_cuda()),
+        reason="needs a GPU and neox_acodm._C built with CUDA",
+    ),
+]
 DEV = "cuda"
 
 
@@ -27,7 +31,7 @@ def test_accumulate_matches_float64(dtype, n, offset):
     buf = torch.randn(3, n + offset + 5, generator=g)
     grad = torch.randn(n, generator=g).to(dtype)
     expect = buf.double().clone()
-    expect[1, offset:offset + n] += 0.25 * grad.double()
+    expect[1, offset : offset + n] += 0.25 * grad.double()
     b = buf.to(DEV)
     ext.accumulate_domain_grad(b, grad.to(DEV), 1, offset, 0.25)
     got = b.cpu().double()
@@ -57,8 +61,9 @@ def test_gram_rejects_more_than_44_domains_naming_the_fix():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("n,offset,k", [(1, 0, 8), (9, 5, 16), (1_000_001, 17, 1024),
-                                        (1_000_000, 8, 1 << 17)])  # k=2**17 exceeds shared memory
+@pytest.mark.parametrize(
+    "n,offset,k", [(1, 0, 8), (9, 5, 16), (1_000_001, 17, 1024), (1_000_000, 8, 1 << 17)]
+)  # k=2**17 exceeds shared memory
 def test_sketch_matches_torch_reference_and_cpu_kernel(dtype, n, offset, k):
     g = torch.Generator().manual_seed(n + k)
     grad = torch.randn(n, generator=g).to(dtype)
@@ -68,7 +73,7 @@ def test_sketch_matches_torch_reference_and_cpu_kernel(dtype, n, offset, k):
     ops.sketch_accumulate_torch(ref, grad.to(DEV), 1, 42, offset, 2.0)
     cpu = torch.zeros(2, k)
     ext.sketch_accumulate(cpu, grad, 1, 42, offset, 2.0)
-    tol = 1e-5 * float(grad.float().abs().sum()) / k ** 0.5 + 1e-6
+    tol = 1e-5 * float(grad.float().abs().sum()) / k**0.5 + 1e-6
     assert float((a - ref).abs().max()) <= tol
     assert float((a.cpu() - cpu).abs().max()) <= tol  # same hash on both devices
     assert float(a[0].abs().sum()) == 0.0
@@ -89,16 +94,16 @@ def test_kernels_run_on_the_current_stream():
 def test_runtime_on_gpu_extension_equals_torch_backend():
     """MixingRuntime with the probe on a CUDA model: the extension and the torch backend give the
     same rewards, hence the same weights (exact estimator) over several steps."""
-    from conftest import TinyLM, tiny_cfg, domain_batch
     from neox_acodm.runtime import MixingRuntime
+
+    from conftest import TinyLM, domain_batch, tiny_cfg
 
     runs = []
     for backend in ("ext", "torch"):
         cfg = tiny_cfg("acodm", reward={"backend": backend})
         model = TinyLM(seed=0).to(DEV)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        rt = MixingRuntime(cfg, dataset_sizes=[50, 60, 70], grad_accum=4,
-                           micro_batch=2, model=model)
+        rt = MixingRuntime(cfg, dataset_sizes=[50, 60, 70], grad_accum=4, micro_batch=2, model=model)
         assert rt.probe.ops.name == backend
         ws = []
         for _ in range(8):

@@ -4,7 +4,6 @@ all ranks, and resume from a DeepSpeed + acodm checkpoint is bit-identical."""
 
 import os
 import pickle
-import socket
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from torch import nn
 pytest.importorskip("deepspeed")
 
 from conftest import TinyBlock, tiny_cfg  # noqa: E402
+from support import free_port
 
 VOCAB, D, SEQ, MB, GA, WORLD = 32, 16, 8, 2, 3, 2
 
@@ -50,15 +50,15 @@ class SyntheticDomain(torch.utils.data.Dataset):
         return t[:-1], t[1:]
 
 
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank, port, out_dir, mode, start_step, steps, save_at):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), DS_ACCELERATOR="cpu")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        DS_ACCELERATOR="cpu",
+    )
     torch.set_num_threads(1)
     import deepspeed
     import torch.distributed as dist
@@ -76,19 +76,28 @@ def _worker(rank, port, out_dir, mode, start_step, steps, save_at):
         model = PipelineModule(layers=layers(), num_stages=stages, loss_fn=ce, partition_method="uniform")
     else:
         model = nn.Sequential(*layers())
-    ds_cfg = {"train_batch_size": MB * GA * dp, "train_micro_batch_size_per_gpu": MB,
-              "gradient_accumulation_steps": GA, "steps_per_print": 10**9}
-    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                                      config=ds_cfg)
+    ds_cfg = {
+        "train_batch_size": MB * GA * dp,
+        "train_micro_batch_size_per_gpu": MB,
+        "gradient_accumulation_steps": GA,
+        "steps_per_print": 10**9,
+    }
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), config=ds_cfg)
     cfg = tiny_cfg("acodm", total_steps=20)
     groups = {}
     if stages > 1:  # DeepSpeed's own topology: 2 stages x 1 data-parallel replica
         grid = engine.grid
         groups = dict(dp_group=grid.get_data_parallel_group(), pipe_group=grid.get_pipe_parallel_group())
     dp_rank = engine.grid.get_data_parallel_rank() if stages > 1 else rank
-    session = DeepSpeedMixingSession(cfg, engine, datasets=[SyntheticDomain(d) for d in range(3)],
-                                     layout=ParallelLayout(dp, dp_rank, **groups), grad_accum=GA,
-                                     micro_batch=MB, total_steps=20)
+    session = DeepSpeedMixingSession(
+        cfg,
+        engine,
+        datasets=[SyntheticDomain(d) for d in range(3)],
+        layout=ParallelLayout(dp, dp_rank, **groups),
+        grad_accum=GA,
+        micro_batch=MB,
+        total_steps=20,
+    )
     ckpt = os.path.join(out_dir, "ckpt")
     if start_step:
         engine.load_checkpoint(ckpt, tag=f"global_step{start_step}")
@@ -97,8 +106,13 @@ def _worker(rank, port, out_dir, mode, start_step, steps, save_at):
     if pipe:
         engine.module.loss_fn = session.wrap_loss(engine.module.loss_fn)
     it = session.train_iterator()
-    log = {"weights": [], "seen": [], "planned": [], "hook_calls": [], "captured":
-           [p.name for p in session.rt.probe.params] if session.rt.probe else []}
+    log = {
+        "weights": [],
+        "seen": [],
+        "planned": [],
+        "hook_calls": [],
+        "captured": [p.name for p in session.rt.probe.params] if session.rt.probe else [],
+    }
     for step in range(start_step, start_step + steps):
         planned = session.rt.plan().for_rank(dp_rank).tolist()
         if pipe:
@@ -123,12 +137,13 @@ def _worker(rank, port, out_dir, mode, start_step, steps, save_at):
 
 
 def _run(tmp_path, mode, start_step, steps, save_at=-1):
-    mp.spawn(_worker, args=(_port(), str(tmp_path), mode, start_step, steps, save_at), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path), mode, start_step, steps, save_at), nprocs=WORLD, join=True)
     return [pickle.load(open(tmp_path / f"{mode}_{start_step}_rank{r}.pkl", "rb")) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("mode", ["plain", "pipe", "pipe2"],
-                         ids=["engine_dp2", "pipeline_engine_dp2", "pipeline_engine_2_stages"])
+@pytest.mark.parametrize(
+    "mode", ["plain", "pipe", "pipe2"], ids=["engine_dp2", "pipeline_engine_dp2", "pipeline_engine_2_stages"]
+)
 def test_deepspeed_engine_two_ranks_and_resume(tmp_path, mode):
     full = _run(tmp_path, mode, start_step=0, steps=8, save_at=4)
     if mode == "pipe2":

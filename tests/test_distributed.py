@@ -3,7 +3,6 @@ and draw disjoint samples."""
 
 import os
 import pickle
-import socket
 
 import numpy as np
 import pytest
@@ -11,15 +10,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import TinyLM, domain_batch, tiny_cfg
 from neox_acodm.dist import ParallelLayout
 from neox_acodm.runtime import MixingRuntime
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import TinyLM, domain_batch, tiny_cfg
+from support import free_port
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str, mixer: str) -> None:
@@ -30,8 +25,14 @@ def _worker(rank: int, world: int, port: int, out_dir: str, mixer: str) -> None:
         cfg = tiny_cfg(mixer)
         model = TinyLM(seed=0)
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        rt = MixingRuntime(cfg, dataset_sizes=[50, 60, 70], grad_accum=3, micro_batch=2, model=model,
-                           layout=ParallelLayout(world, rank, dist.group.WORLD, dist.group.WORLD))
+        rt = MixingRuntime(
+            cfg,
+            dataset_sizes=[50, 60, 70],
+            grad_accum=3,
+            micro_batch=2,
+            model=model,
+            layout=ParallelLayout(world, rank, dist.group.WORLD, dist.group.WORLD),
+        )
         log = {"weights": [], "plans": [], "samples": [], "owner": rt.mixer is not None}
         for _ in range(8):
             log["plans"].append(rt.plan().domains.copy())
@@ -62,7 +63,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, mixer: str) -> None:
 
 @pytest.mark.parametrize("mixer", ["acodm", "odm"])
 def test_two_ranks_identical_weights_after_rank0_update(tmp_path, mixer):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), mixer), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), mixer), nprocs=2, join=True)
     logs = [pickle.load(open(tmp_path / f"rank{r}.pkl", "rb")) for r in range(2)]
     assert logs[0]["owner"] and not logs[1]["owner"]
     for a, b in zip(logs[0]["weights"], logs[1]["weights"]):
@@ -79,8 +80,13 @@ def test_two_ranks_identical_weights_after_rank0_update(tmp_path, mixer):
 def _missing_state_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    rt = MixingRuntime(tiny_cfg("odm"), dataset_sizes=[50, 60, 70], grad_accum=2, micro_batch=2,
-                       layout=ParallelLayout(world, rank, dist.group.WORLD, dist.group.WORLD))
+    rt = MixingRuntime(
+        tiny_cfg("odm"),
+        dataset_sizes=[50, 60, 70],
+        grad_accum=2,
+        micro_batch=2,
+        layout=ParallelLayout(world, rank, dist.group.WORLD, dist.group.WORLD),
+    )
     try:
         rt.load(os.path.join(out_dir, "does_not_exist.pt"))
         outcome = "loaded"
@@ -93,7 +99,7 @@ def _missing_state_worker(rank: int, world: int, port: int, out_dir: str) -> Non
 
 
 def test_unreadable_state_raises_on_every_rank_instead_of_hanging(tmp_path):
-    mp.spawn(_missing_state_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_missing_state_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     owner = (tmp_path / "missing0.txt").read_text()
     other = (tmp_path / "missing1.txt").read_text()
     assert owner.startswith("FileNotFoundError") and "does_not_exist.pt" in owner

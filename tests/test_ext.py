@@ -37,7 +37,7 @@ def test_accumulate_matches_reference(dtype, n, offset):
     expect = buf.double().clone()
     grad = torch.randn(n, generator=g).to(dtype)
     ext.accumulate_domain_grad(buf, grad, 2, offset, 0.5)
-    expect[2, offset:offset + n] += 0.5 * grad.double()  # inputs convert exactly to fp64
+    expect[2, offset : offset + n] += 0.5 * grad.double()  # inputs convert exactly to fp64
     rel = float((buf.double() - expect).abs().max() / expect.abs().max())
     assert rel <= 1e-6, rel
 
@@ -57,16 +57,34 @@ def test_sketch_matches_torch_reference(dtype, n, offset, k):
 
 
 @needs_ext
-@pytest.mark.parametrize("call,msg", [
-    (lambda: ext.accumulate_domain_grad(torch.zeros(2, 8), torch.zeros(4, 2).T, 0, 0, 1.0), "grad: must be contiguous"),
-    (lambda: ext.accumulate_domain_grad(torch.zeros(2, 8).T, torch.zeros(2), 0, 0, 1.0), "buffer: must be contiguous"),
-    (lambda: ext.accumulate_domain_grad(torch.zeros(2, 8), torch.zeros(4, dtype=torch.float64), 0, 0, 1.0), "grad: dtype"),
-    (lambda: ext.accumulate_domain_grad(torch.zeros(2, 8), torch.zeros(4), 2, 0, 1.0), "domain: 2 out of range"),
-    (lambda: ext.accumulate_domain_grad(torch.zeros(2, 8), torch.zeros(4), 0, 6, 1.0), "offset:"),
-    (lambda: ext.domain_gram(torch.zeros(4, 4, dtype=torch.float64)), "buffer: expected a [D, P] float32"),
-    (lambda: ext.sketch_accumulate(torch.zeros(2, 8), torch.zeros(6, 2)[:, 0], 0, 1, 0, 1.0), "grad: must be contiguous"),
-    (lambda: ext.sketch_accumulate(torch.zeros(2, 12), torch.zeros(6), 0, 1, 0, 1.0), "sketch: width must be a positive multiple of 8"),
-])
+@pytest.mark.parametrize(
+    "call,msg",
+    [
+        (
+            lambda: ext.accumulate_domain_grad(torch.zeros(2, 8), torch.zeros(4, 2).T, 0, 0, 1.0),
+            "grad: must be contiguous",
+        ),
+        (
+            lambda: ext.accumulate_domain_grad(torch.zeros(2, 8).T, torch.zeros(2), 0, 0, 1.0),
+            "buffer: must be contiguous",
+        ),
+        (
+            lambda: ext.accumulate_domain_grad(torch.zeros(2, 8), torch.zeros(4, dtype=torch.float64), 0, 0, 1.0),
+            "grad: dtype",
+        ),
+        (lambda: ext.accumulate_domain_grad(torch.zeros(2, 8), torch.zeros(4), 2, 0, 1.0), "domain: 2 out of range"),
+        (lambda: ext.accumulate_domain_grad(torch.zeros(2, 8), torch.zeros(4), 0, 6, 1.0), "offset:"),
+        (lambda: ext.domain_gram(torch.zeros(4, 4, dtype=torch.float64)), "buffer: expected a [D, P] float32"),
+        (
+            lambda: ext.sketch_accumulate(torch.zeros(2, 8), torch.zeros(6, 2)[:, 0], 0, 1, 0, 1.0),
+            "grad: must be contiguous",
+        ),
+        (
+            lambda: ext.sketch_accumulate(torch.zeros(2, 12), torch.zeros(6), 0, 1, 0, 1.0),
+            "sketch: width must be a positive multiple of 8",
+        ),
+    ],
+)
 def test_bad_input_rejected_naming_the_argument(call, msg):
     with pytest.raises(ValueError, match=re.escape(msg)):
         call()
@@ -81,9 +99,25 @@ def test_dispatch_prefers_extension_and_backends_agree():
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 def test_cuda_sources_compile_with_nvcc(tmp_path):
-    out = subprocess.run(["nvcc", "-c", str(ROOT / "csrc" / "domain_ops_cuda.cu"), "-o", str(tmp_path / "k.o"),
-                          "-I", str(ROOT / "csrc"), "-gencode", "arch=compute_80,code=sm_80",
-                          "-gencode", "arch=compute_90,code=sm_90", "-O3", "-Werror", "all-warnings"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            "nvcc",
+            "-c",
+            str(ROOT / "csrc" / "domain_ops_cuda.cu"),
+            "-o",
+            str(tmp_path / "k.o"),
+            "-I",
+            str(ROOT / "csrc"),
+            "-gencode",
+            "arch=compute_80,code=sm_80",
+            "-gencode",
+            "arch=compute_90,code=sm_90",
+            "-O3",
+            "-Werror",
+            "all-warnings",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "k.o").stat().st_size > 0

@@ -15,9 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from support import free_port
+
 MLM = os.environ.get("MEGATRON_LM_DIR")
-pytestmark = pytest.mark.skipif(not (MLM and os.environ.get("MEGATRON_CPU") == "1"),
-                                reason="run by .ci/megatron-cpu (Python 3.12, a Megatron-LM checkout)")
+pytestmark = [
+    pytest.mark.megatron_cpu,
+    pytest.mark.skipif(
+        not (MLM and os.environ.get("MEGATRON_CPU") == "1"),
+        reason="run by .ci/megatron-cpu (Python 3.12, a Megatron-LM checkout)",
+    ),
+]
 SHIM = Path(__file__).resolve().parent / "megatron_cpu_shim"
 DOMAINS = ["wiki", "code", "arxiv"]
 
@@ -36,15 +43,65 @@ for d, name in enumerate(%r):
         b.finalize(prefix + ".idx")
 """ % (DOMAINS,)
 
-ARGS = ["--tokenizer-type", "NullTokenizer", "--vocab-size", "512", "--num-layers", "4", "--hidden-size", "64",
-        "--num-attention-heads", "4", "--seq-length", "64", "--max-position-embeddings", "64",
-        "--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", "6", "--lr", "1e-3",
-        "--min-lr", "1e-4", "--clip-grad", "0", "--lr-decay-style", "cosine", "--transformer-impl", "local",
-        "--distributed-backend", "gloo", "--no-gradient-accumulation-fusion", "--no-bias-gelu-fusion",
-        "--no-bias-dropout-fusion", "--no-rope-fusion", "--no-persist-layer-norm", "--no-masked-softmax-fusion",
-        "--use-cpu-initialization", "--attention-dropout", "0", "--hidden-dropout", "0", "--eval-iters", "1",
-        "--eval-interval", "3", "--log-interval", "1", "--save-interval", "3", "--ckpt-format", "torch",
-        "--num-workers", "0", "--seed", "1234"]
+ARGS = [
+    "--tokenizer-type",
+    "NullTokenizer",
+    "--vocab-size",
+    "512",
+    "--num-layers",
+    "4",
+    "--hidden-size",
+    "64",
+    "--num-attention-heads",
+    "4",
+    "--seq-length",
+    "64",
+    "--max-position-embeddings",
+    "64",
+    "--micro-batch-size",
+    "2",
+    "--global-batch-size",
+    "8",
+    "--train-iters",
+    "6",
+    "--lr",
+    "1e-3",
+    "--min-lr",
+    "1e-4",
+    "--clip-grad",
+    "0",
+    "--lr-decay-style",
+    "cosine",
+    "--transformer-impl",
+    "local",
+    "--distributed-backend",
+    "gloo",
+    "--no-gradient-accumulation-fusion",
+    "--no-bias-gelu-fusion",
+    "--no-bias-dropout-fusion",
+    "--no-rope-fusion",
+    "--no-persist-layer-norm",
+    "--no-masked-softmax-fusion",
+    "--use-cpu-initialization",
+    "--attention-dropout",
+    "0",
+    "--hidden-dropout",
+    "0",
+    "--eval-iters",
+    "1",
+    "--eval-interval",
+    "3",
+    "--log-interval",
+    "1",
+    "--save-interval",
+    "3",
+    "--ckpt-format",
+    "torch",
+    "--num-workers",
+    "0",
+    "--seed",
+    "1234",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,30 +109,52 @@ def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("megatron_cpu")
     (root / "data").mkdir()
     subprocess.run([sys.executable, "-c", MKDATA, str(root / "data")], check=True, env=_env())
-    lines = ["acodm:", "  mixer: acodm", "  seed: 7", "  log_interval: 1", "  collective_timeout_s: 120",
-             "  domains:"]
-    lines += [f"    - {{name: {d}, train_path: {root}/data/{d}_train_text_document, "
-              f"valid_path: {root}/data/{d}_valid_text_document}}" for d in DOMAINS]
-    lines += ["  agent: {hidden_dim: 32, num_layers: 2, batch_size: 2, buffer_size: 64, warmup_steps: 2, "
-              "tau: 0.05, device: cpu}", "  reward: {params: {module: mlp_out, layers: [-1, -2]}}",
-              "  state: {norm_params: {module: mlp_out, layers: all}}"]
+    lines = ["acodm:", "  mixer: acodm", "  seed: 7", "  log_interval: 1", "  collective_timeout_s: 120", "  domains:"]
+    lines += [
+        f"    - {{name: {d}, train_path: {root}/data/{d}_train_text_document, "
+        f"valid_path: {root}/data/{d}_valid_text_document}}"
+        for d in DOMAINS
+    ]
+    lines += [
+        "  agent: {hidden_dim: 32, num_layers: 2, batch_size: 2, buffer_size: 64, warmup_steps: 2, "
+        "tau: 0.05, device: cpu}",
+        "  reward: {params: {module: mlp_out, layers: [-1, -2]}}",
+        "  state: {norm_params: {module: mlp_out, layers: all}}",
+    ]
     (root / "acodm.yml").write_text("\n".join(lines) + "\n")
     return root
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": f"{SHIM}:{MLM}", "MEGATRON_CPU_SHIM": "1", "OMP_NUM_THREADS": "1",
-            "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
-
-
-_PORT = [29650]
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{SHIM}:{MLM}",
+        "MEGATRON_CPU_SHIM": "1",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_DEVICE_MAX_CONNECTIONS": "1",
+    }
 
 
 def train(root: Path, name: str, *extra: str) -> str:
-    _PORT[0] += 1
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_PORT[0]),
-           "-m", "neox_acodm.megatron.pretrain_gpt", *ARGS, "--data-cache-path", str(root / "cache"),
-           "--acodm-config", str(root / "acodm.yml"), "--tensorboard-dir", str(root / f"tb_{name}"), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "neox_acodm.megatron.pretrain_gpt",
+        *ARGS,
+        "--data-cache-path",
+        str(root / "cache"),
+        "--acodm-config",
+        str(root / "acodm.yml"),
+        "--tensorboard-dir",
+        str(root / f"tb_{name}"),
+        *extra,
+    ]
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-6000:]
@@ -130,8 +209,10 @@ def resume_matches(root: Path, name: str, parallel: list[str], full_tb: dict) ->
         assert torch.equal(v, b["mixer"]["agent"]["actor"][k]), k
     val_a, val_b = full_tb["acodm/val_ppl/avg"][6], tb["acodm/val_ppl/avg"][6]
     assert val_a == val_b  # each domain's validation stream resumes where it stopped
-    print(f"\nmegatron-cpu {name}: resume from 3 bit-identical (weights, cursors, actor, lm loss 4-6); "
-          f"final val ppl avg @6 {val_a:.3f} (both runs)")
+    print(
+        f"\nmegatron-cpu {name}: resume from 3 bit-identical (weights, cursors, actor, lm loss 4-6); "
+        f"final val ppl avg @6 {val_a:.3f} (both runs)"
+    )
 
 
 def check_run_resumed(root: Path, name: str, log: str) -> dict:
@@ -140,17 +221,22 @@ def check_run_resumed(root: Path, name: str, log: str) -> dict:
     return tb
 
 
-@pytest.mark.parametrize("name,parallel,resume", [
-    ("dp2", [], True),
-    ("tp2", ["--tensor-model-parallel-size", "2"], False),
-    ("pp2", ["--pipeline-model-parallel-size", "2"], True),
-])
+@pytest.mark.parametrize(
+    "name,parallel,resume",
+    [
+        ("dp2", [], True),
+        ("tp2", ["--tensor-model-parallel-size", "2"], False),
+        ("pp2", ["--pipeline-model-parallel-size", "2"], True),
+    ],
+)
 def test_megatron_lm_two_ranks(work, name, parallel, resume):
     log = train(work, name, "--save", str(work / f"ck_{name}"), *parallel)
     tb = check_run(work, name, log)
     if name == "tp2":  # each rank captures its shard of the selected linear_fc2 weights
         assert "capturing per-domain gradients of 2 tensors (16384 elements" in log
-    print(f"\nmegatron-cpu {name}: 6 iterations, lm loss {tb['lm loss'][1]:.4f} -> {tb['lm loss'][6]:.4f}, "
-          f"val ppl avg @6 {tb['acodm/val_ppl/avg'][6]:.3f}")
+    print(
+        f"\nmegatron-cpu {name}: 6 iterations, lm loss {tb['lm loss'][1]:.4f} -> {tb['lm loss'][6]:.4f}, "
+        f"val ppl avg @6 {tb['acodm/val_ppl/avg'][6]:.3f}"
+    )
     if resume:
         resume_matches(work, name, parallel, tb)

@@ -7,8 +7,8 @@ import torch
 pytest.importorskip("megatron.core")
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder  # noqa: E402
 
-from neox_acodm.dist import ParallelLayout
 from neox_acodm.config import parse_config  # noqa: E402
+from neox_acodm.dist import ParallelLayout
 from neox_acodm.megatron import DynamicBlendedDataset, DynamicBlendedIterator, build_domain_datasets  # noqa: E402
 from neox_acodm.runtime import MixingRuntime  # noqa: E402
 
@@ -30,7 +30,7 @@ def prefixes(tmp_path_factory):
         prefix = root / f"dom{d}_text_document"
         b = IndexedDatasetBuilder(str(prefix) + ".bin", dtype=np.uint16)
         rng = np.random.default_rng(d)
-        for doc in range(40):
+        for _ in range(40):
             # token ids encode the domain so a sample's origin is checkable: d*300 + ...
             ids = d * 300 + 1 + rng.integers(0, 299, size=int(rng.integers(20, 60)))
             b.add_item(torch.tensor(np.append(ids, 1000), dtype=torch.int64))
@@ -41,14 +41,21 @@ def prefixes(tmp_path_factory):
 
 
 def make(prefixes, mixer="static", weights=(0.6, 0.3, 0.1), steps=200, max_weight=1.0):
-    cfg = parse_config({"mixer": mixer, "seed": 3, "total_steps": steps,
-                        "domains": [{"name": f"d{i}", "train_path": p, "weight": w}
-                                    for i, (p, w) in enumerate(zip(prefixes, weights))],
-                        "sampling": {"max_weight": max_weight}})
-    ds = DynamicBlendedDataset(build_domain_datasets(cfg, num_samples=steps * 8, seq_len=SEQ, seed=3,
-                                                     tokenizer=null_tokenizer()))
-    rt = MixingRuntime(cfg, dataset_sizes=ds.sizes, grad_accum=2, micro_batch=2,
-                       layout=ParallelLayout(dp_size=2))
+    cfg = parse_config(
+        {
+            "mixer": mixer,
+            "seed": 3,
+            "total_steps": steps,
+            "domains": [
+                {"name": f"d{i}", "train_path": p, "weight": w} for i, (p, w) in enumerate(zip(prefixes, weights))
+            ],
+            "sampling": {"max_weight": max_weight},
+        }
+    )
+    ds = DynamicBlendedDataset(
+        build_domain_datasets(cfg, num_samples=steps * 8, seq_len=SEQ, seed=3, tokenizer=null_tokenizer())
+    )
+    rt = MixingRuntime(cfg, dataset_sizes=ds.sizes, grad_accum=2, micro_batch=2, layout=ParallelLayout(dp_size=2))
     return cfg, ds, rt, DynamicBlendedIterator(ds, rt)
 
 
@@ -90,7 +97,7 @@ def test_changing_weights_never_repeats_or_drops(prefixes):
     for _ in range(60):
         rt.set_weights(rng.dirichlet(np.ones(3)))  # an adversarial mixer: new weights every step
         planned = rt.plan().counts
-        for r in range(rt.dp_size):
+        for r in range(rt.layout.dp_size):
             for d, idx in rt.micro_batches(r):
                 drawn[d].extend(idx.tolist())
         for _ in range(rt.grad_accum):

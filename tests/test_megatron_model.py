@@ -22,6 +22,8 @@ from neox_acodm.megatron.pretrain_gpt import MegatronMixingSession, check_args, 
 from neox_acodm.runtime import MixingRuntime  # noqa: E402
 from neox_acodm.selectors import select_params  # noqa: E402
 
+from support import free_port  # noqa: E402
+
 VOCAB, SEQ = 64, 16
 
 
@@ -38,7 +40,7 @@ def cpu_megatron():
     mp.setattr(torch.cuda, "manual_seed", torch.manual_seed)
     mp.setattr(torch.cuda.random, "get_rng_state", lambda *a, **k: torch.get_rng_state())
     mp.setenv("MASTER_ADDR", "127.0.0.1")
-    mp.setenv("MASTER_PORT", "29541")
+    mp.setenv("MASTER_PORT", str(free_port()))
     owns_pg = not dist.is_initialized()
     if owns_pg:
         dist.init_process_group("gloo", rank=0, world_size=1)
@@ -57,8 +59,14 @@ def gpt(layers=3, seed=0):
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     torch.manual_seed(seed)
-    cfg = TransformerConfig(num_layers=layers, hidden_size=32, num_attention_heads=4, use_cpu_initialization=True,
-                            attention_dropout=0.0, hidden_dropout=0.0)
+    cfg = TransformerConfig(
+        num_layers=layers,
+        hidden_size=32,
+        num_attention_heads=4,
+        use_cpu_initialization=True,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+    )
     return GPTModel(cfg, get_gpt_layer_local_spec(), vocab_size=VOCAB, max_sequence_length=SEQ)
 
 
@@ -73,13 +81,17 @@ def domain_tokens(d: int, idx: np.ndarray) -> torch.Tensor:
 
 
 def cfg_for(mixer="acodm"):
-    return parse_config({
-        "mixer": mixer, "seed": 3, "total_steps": 40,
-        "domains": [{"name": f"d{i}", "weight": 1.0} for i in range(3)],
-        "agent": {"hidden_dim": 32, "num_layers": 2, "batch_size": 4, "buffer_size": 64, "warmup_steps": 3},
-        "reward": {"params": {"module": "mlp_out", "layers": [-1, -2]}},
-        "state": {"norm_params": {"module": "mlp_out", "layers": "all"}},
-    })
+    return parse_config(
+        {
+            "mixer": mixer,
+            "seed": 3,
+            "total_steps": 40,
+            "domains": [{"name": f"d{i}", "weight": 1.0} for i in range(3)],
+            "agent": {"hidden_dim": 32, "num_layers": 2, "batch_size": 4, "buffer_size": 64, "warmup_steps": 3},
+            "reward": {"params": {"module": "mlp_out", "layers": [-1, -2]}},
+            "state": {"norm_params": {"module": "mlp_out", "layers": "all"}},
+        }
+    )
 
 
 def test_global_layer_view_names_layers_by_global_position(cpu_megatron):
@@ -99,10 +111,13 @@ def test_global_layer_view_names_layers_by_global_position(cpu_megatron):
 def test_runtime_captures_megatron_gradients_and_moves_weights(cpu_megatron):
     model = gpt()
     cfg = cfg_for()
-    rt = MixingRuntime(cfg, dataset_sizes=[40, 40, 40], grad_accum=3, micro_batch=2,
-                       model=GlobalLayerView(Wrapper(model)))
-    assert [p.name for p in rt.probe.params] == ["decoder.layers.2.mlp.linear_fc2.weight",
-                                                  "decoder.layers.1.mlp.linear_fc2.weight"]
+    rt = MixingRuntime(
+        cfg, dataset_sizes=[40, 40, 40], grad_accum=3, micro_batch=2, model=GlobalLayerView(Wrapper(model))
+    )
+    assert [p.name for p in rt.probe.params] == [
+        "decoder.layers.2.mlp.linear_fc2.weight",
+        "decoder.layers.1.mlp.linear_fc2.weight",
+    ]
     session = MegatronMixingSession(cfg, upstream=None)
     session.rt = rt
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -144,8 +159,7 @@ def test_megatron_rerun_in_place_keeps_the_first_run_statistics(cpu_megatron, mo
 
     model = gpt()
     cfg = cfg_for("odm")
-    rt = MixingRuntime(cfg, dataset_sizes=[40, 40, 40], grad_accum=2, micro_batch=2,
-                       model=GlobalLayerView(model))
+    rt = MixingRuntime(cfg, dataset_sizes=[40, 40, 40], grad_accum=2, micro_batch=2, model=GlobalLayerView(model))
     session = MegatronMixingSession(cfg, upstream=None)
     session.rt = rt
     for _ in range(2):
@@ -161,26 +175,41 @@ def test_megatron_rerun_in_place_keeps_the_first_run_statistics(cpu_megatron, mo
 
 
 def megatron_args(**over):
-    base = dict(data_path=None, train_data_path=None, valid_data_path=None, test_data_path=None,
-                data_args_path=None, per_split_data_args_path=None, mock_data=False, sft=False,
-                fim_data=False, dataloader_type="external", rampup_batch_size=None,
-                context_parallel_size=1, gradient_accumulation_fusion=False,
-                calculate_per_token_loss=False, train_iters=100)
+    base = dict(
+        data_path=None,
+        train_data_path=None,
+        valid_data_path=None,
+        test_data_path=None,
+        data_args_path=None,
+        per_split_data_args_path=None,
+        mock_data=False,
+        sft=False,
+        fim_data=False,
+        dataloader_type="external",
+        rampup_batch_size=None,
+        context_parallel_size=1,
+        gradient_accumulation_fusion=False,
+        calculate_per_token_loss=False,
+        train_iters=100,
+    )
     base.update(over)
     return argparse.Namespace(**base)
 
 
-@pytest.mark.parametrize("over,flag", [
-    ({"data_path": ["1.0", "x"]}, "--data-path"),
-    ({"dataloader_type": "single"}, "--dataloader-type single"),
-    ({"phase_transition_iterations": [50]}, "--phase-transition-iterations"),
-    ({"sequence_packing_scheduler": "dp_balanced"}, "--sequence-packing-scheduler dp_balanced"),
-    ({"rampup_batch_size": [8, 8, 100]}, "--rampup-batch-size"),
-    ({"context_parallel_size": 2}, "--context-parallel-size"),
-    ({"calculate_per_token_loss": True}, "--calculate-per-token-loss"),
-    ({"mock_data": True}, "--mock-data"),
-    ({"train_iters": None}, "--train-iters is required"),
-])
+@pytest.mark.parametrize(
+    "over,flag",
+    [
+        ({"data_path": ["1.0", "x"]}, "--data-path"),
+        ({"dataloader_type": "single"}, "--dataloader-type single"),
+        ({"phase_transition_iterations": [50]}, "--phase-transition-iterations"),
+        ({"sequence_packing_scheduler": "dp_balanced"}, "--sequence-packing-scheduler dp_balanced"),
+        ({"rampup_batch_size": [8, 8, 100]}, "--rampup-batch-size"),
+        ({"context_parallel_size": 2}, "--context-parallel-size"),
+        ({"calculate_per_token_loss": True}, "--calculate-per-token-loss"),
+        ({"mock_data": True}, "--mock-data"),
+        ({"train_iters": None}, "--train-iters is required"),
+    ],
+)
 def test_megatron_flags_the_mixing_cannot_honour_are_named(over, flag):
     check_args(megatron_args(), cfg_for())  # the defaults pass
     with pytest.raises(ConfigError, match=flag.replace("-", r"\-")):
@@ -224,13 +253,19 @@ def test_compile_helpers_skipped_when_prebuilt(monkeypatch):
     monkeypatch.setattr(du, "compile_helpers", lambda: calls.append("make"))  # stands for upstream's
     monkeypatch.setattr(subprocess, "run", no_make)
     guard_compile_helpers()
-    assert du.compile_helpers._acodm_guard
+    guard_compile_helpers()  # idempotent
+    assert du.compile_helpers.__acodm_patch__.target == "megatron.core.datasets.utils:compile_helpers"
     du.compile_helpers()
     assert calls == []  # the prebuilt helpers import, so the upstream build never ran
+    du.compile_helpers.__acodm_patch__.remove()
 
 
 def test_entry_point_without_megatron_lm_checkout_says_what_to_do(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "neox_acodm.megatron.pretrain_gpt", "--acodm-config", "x.yml"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "neox_acodm.megatron.pretrain_gpt", "--acodm-config", "x.yml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode != 0
     assert "Megatron-LM checkout" in out.stderr and "PYTHONPATH" in out.stderr

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_cfg
 from neox_acodm.config import ConfigError, parse_config
-from neox_acodm.mixers import GramSoftmaxMixer, StepStats
-from neox_acodm.mixers.acodm import ACODMMixer
+from neox_acodm.mixers import GramSoftmaxMixer, StepStats, build_mixer
 from neox_acodm.plan import build_step_plan, inclusion_probs
 from neox_acodm.rewards import GramEstimate
+
+from conftest import tiny_cfg
 
 W = np.array([0.5, 0.3, 0.15, 0.05])
 
@@ -39,8 +39,11 @@ def _noisy_gram_stream(steps, rng, true_g, noise, probs, n):
     """Per-step mean gradients: g_i + noise / sqrt(count); domains drawn i.i.d. from probs."""
     for _ in range(steps):
         counts = np.bincount(rng.choice(len(probs), n, p=probs), minlength=len(probs))
-        g = np.where(counts[:, None] > 0,
-                     true_g + noise * rng.standard_normal(true_g.shape) / np.sqrt(np.maximum(counts, 1))[:, None], 0)
+        g = np.where(
+            counts[:, None] > 0,
+            true_g + noise * rng.standard_normal(true_g.shape) / np.sqrt(np.maximum(counts, 1))[:, None],
+            0,
+        )
         yield counts, torch.as_tensor(g)
 
 
@@ -88,9 +91,18 @@ def test_gram_estimate_reward_uses_metric_weights():
 
 def _stats(t, w, gram, lagged=None, k=3):
     counts = np.maximum(1, np.round(w * 12)).astype(int)
-    return StepStats(step=t, weights=w, probs=w, counts=counts, loss=np.full(k, 3.0), gram=gram,
-                     norms=torch.ones(2), update_norms=torch.zeros(2), inclusion=np.ones(k),
-                     lagged_gram=lagged)
+    return StepStats(
+        step=t,
+        weights=w,
+        probs=w,
+        counts=counts,
+        loss=np.full(k, 3.0),
+        gram=gram,
+        norms=torch.ones(2),
+        update_norms=torch.zeros(2),
+        inclusion=np.ones(k),
+        lagged_gram=lagged,
+    )
 
 
 GRADS = torch.tensor([[1.0, 1.0, 0.2], [1.0, 0.5, 0.0], [-1.0, 0.3, 0.0]])  # domain 0 helps, 2 hurts
@@ -98,7 +110,8 @@ GRADS = torch.tensor([[1.0, 1.0, 0.2], [1.0, 0.5, 0.0], [-1.0, 0.3, 0.0]])  # do
 
 def test_gram_softmax_moves_toward_the_domain_that_helps_the_others():
     cfg = tiny_cfg("gram_softmax", reward={"mode": "aligned", "self_term": "lagged"})
-    mixer = GramSoftmaxMixer(np.ones(3) / 3, cfg)
+    mixer = build_mixer(cfg, np.ones(3) / 3, 0, 20)
+    assert isinstance(mixer, GramSoftmaxMixer)
     gram = GRADS @ GRADS.T
     w = np.ones(3) / 3
     for t in range(20):
@@ -108,15 +121,19 @@ def test_gram_softmax_moves_toward_the_domain_that_helps_the_others():
 
 
 def _aligned(**agent):
-    return tiny_cfg("acodm", preset="aligned", initial_weights="uniform", total_steps=200,
-                    agent={"batch_size": 16, "buffer_size": 256, "hidden_dim": 32, **agent})
+    return tiny_cfg(
+        "acodm",
+        preset="aligned",
+        initial_weights="uniform",
+        total_steps=200,
+        agent={"batch_size": 16, "buffer_size": 256, "hidden_dim": 32, **agent},
+    )
 
 
 def test_aligned_actor_starts_at_the_prior_and_learns_toward_the_helpful_domain():
     prior = np.array([0.2, 0.3, 0.5])
-    mixer = ACODMMixer(prior, _aligned(exploration_std=0.0), num_norm_layers=2, total_steps=200)
-    s0 = mixer.state.build(0, torch.full((3,), 3.0), torch.ones(3), torch.ones(2), torch.zeros(2),
-                           extra=torch.zeros(3))
+    mixer = build_mixer(_aligned(exploration_std=0.0), prior, 2, 200)
+    s0 = mixer.state.build(0, torch.full((3,), 3.0), torch.ones(3), torch.ones(2), torch.zeros(2), extra=torch.zeros(3))
     assert torch.allclose(mixer.agent.act(s0), torch.as_tensor(prior, dtype=torch.float32), atol=1e-6)
     actor0 = {k: v.clone() for k, v in mixer.agent.actor.state_dict().items()}
     gram = GRADS @ GRADS.T
@@ -131,7 +148,7 @@ def test_aligned_actor_starts_at_the_prior_and_learns_toward_the_helpful_domain(
 
 def test_noise_control_stays_at_prior_with_multiplicative_noise():
     prior = np.array([0.2, 0.3, 0.5])
-    mixer = ACODMMixer(prior, _aligned(updates_per_step=0, exploration_std=0.1), 2, 200)
+    mixer = build_mixer(_aligned(updates_per_step=0, exploration_std=0.1), prior, 2, 200)
     gram = GRADS @ GRADS.T
     ratios = []
     w = prior
@@ -145,7 +162,7 @@ def test_noise_control_stays_at_prior_with_multiplicative_noise():
 
 
 def test_skipped_step_breaks_the_transition_chain():
-    mixer = ACODMMixer(np.ones(3) / 3, _aligned(), 2, 200)
+    mixer = build_mixer(_aligned(), np.ones(3) / 3, 2, 200)
     gram = GRADS @ GRADS.T
     w = np.ones(3) / 3
     for t in range(3):
@@ -165,20 +182,31 @@ def test_aligned_preset_and_its_checks():
     with pytest.raises(ConfigError, match=r"acodm.preset: got 'algined'; did you mean 'aligned'"):
         parse_config({"preset": "algined", "domains": [{"name": "a"}]})
     with pytest.raises(ConfigError, match="acodm.agent.objective: 'decomposed' needs a scalar reward"):
-        parse_config({"domains": [{"name": "a"}], "reward": {"mode": "reference"},
-                      "agent": {"objective": "decomposed"}})
+        parse_config(
+            {"domains": [{"name": "a"}], "reward": {"mode": "reference"}, "agent": {"objective": "decomposed"}}
+        )
     with pytest.raises(ConfigError, match="acodm.state.include_reward: a proxy target"):
-        parse_config({"domains": [{"name": "a"}], "state": {"include_reward": True},
-                      "proxy": {"role": "target", "policy_path": "p.pt"}})
+        parse_config(
+            {
+                "domains": [{"name": "a"}],
+                "state": {"include_reward": True},
+                "proxy": {"role": "target", "policy_path": "p.pt"},
+            }
+        )
     with pytest.raises(ConfigError, match=r"acodm.domains\[0\].metric_weight: must be in \[0, inf\)"):
         parse_config({"domains": [{"name": "a", "metric_weight": -1}]})
 
 
 def test_metric_initial_weights_floor_the_untargeted_domains():
+    from neox_acodm.initial import resolve_initial_weights
     from neox_acodm.plan import normalize_weights
-    from neox_acodm.runtime import resolve_initial_weights
 
-    cfg = parse_config({"initial_weights": "metric", "sampling": {"min_weight": 0.01},
-                        "domains": [{"name": "a", "metric_weight": 3}, {"name": "b"}, {"name": "noise", "metric_weight": 0}]})
+    cfg = parse_config(
+        {
+            "initial_weights": "metric",
+            "sampling": {"min_weight": 0.01},
+            "domains": [{"name": "a", "metric_weight": 3}, {"name": "b"}, {"name": "noise", "metric_weight": 0}],
+        }
+    )
     w = normalize_weights(resolve_initial_weights(cfg, None), 0.01)
     assert np.allclose(w, [0.7425, 0.2475, 0.01])

@@ -17,16 +17,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_neox_integration import MKDATA, NEOX_DIR, SHIM, acodm_block, neox_config, scalars
 
 from neox_acodm.checkpoint import load as checkpoint_load
-from test_neox_integration import MKDATA, NEOX_DIR, SHIM, acodm_block, neox_config, scalars
 
 NODES = os.environ.get("ACODM_NETNS", "acodm_n0,acodm_n1").split(",")
 MASTER = os.environ.get("ACODM_MASTER_ADDR", "10.77.0.1")
 SLOTS = int(os.environ.get("ACODM_SLOTS", "2"))
 WORLD = SLOTS * len(NODES)
-pytestmark = pytest.mark.skipif(not (NEOX_DIR and os.environ.get("ACODM_MULTINODE") == "1"),
-                                reason="run by .ci/multinode-cpu (needs root, ip netns and NEOX_DIR)")
+pytestmark = [
+    pytest.mark.multinode,
+    pytest.mark.skipif(
+        not (NEOX_DIR and os.environ.get("ACODM_MULTINODE") == "1"),
+        reason="run by .ci/multinode-cpu (needs root, ip netns and NEOX_DIR)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,21 +43,42 @@ def cluster(tmp_path_factory):
     return root
 
 
-def launch(root: Path, name: str, cfg: dict, block: str, node_env: dict[int, str] | None = None,
-           timeout: int = 900):
+def launch(root: Path, name: str, cfg: dict, block: str, node_env: dict[int, str] | None = None, timeout: int = 900):
     """``deepy.py`` on node 0; returns (completed process, per-rank trace records)."""
     trace = root / f"trace_{name}"
     trace.mkdir()
     (root / f"{name}.yml").write_text(json.dumps(cfg, indent=1))
     (root / f"{name}_acodm.yml").write_text(block)
-    env = {**os.environ, "PYTHONPATH": str(SHIM), "NEOX_CPU_SHIM": "1", "DS_ACCELERATOR": "cpu",
-           "GLOO_SOCKET_IFNAME": "acodm0", "ACODM_TRACE_DIR": str(trace), "OMP_NUM_THREADS": "1",
-           "PATH": f"{Path(__file__).parent / 'multinode'}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(SHIM),
+        "NEOX_CPU_SHIM": "1",
+        "DS_ACCELERATOR": "cpu",
+        "GLOO_SOCKET_IFNAME": "acodm0",
+        "ACODM_TRACE_DIR": str(trace),
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{Path(__file__).parent / 'multinode'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     for i in range(len(NODES)):
         env[f"ACODM_NODE_ENV_{i}"] = f"ACODM_NODE={NODES[i]} " + (node_env or {}).get(i, "")
-    res = subprocess.run(["ip", "netns", "exec", NODES[0], sys.executable, "deepy.py", "train.py",
-                          str(root / f"{name}.yml"), str(root / f"{name}_acodm.yml")],
-                         cwd=NEOX_DIR, env=env, capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            NODES[0],
+            sys.executable,
+            "deepy.py",
+            "train.py",
+            str(root / f"{name}.yml"),
+            str(root / f"{name}_acodm.yml"),
+        ],
+        cwd=NEOX_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     records = [json.loads(line) for f in sorted(trace.glob("rank*.jsonl")) for line in f.read_text().splitlines()]
     return res, records
 
@@ -95,10 +121,13 @@ def test_two_nodes_agree_every_step_save_once_and_resume_bit_identically(cluster
     ckpt2.mkdir()
     subprocess.run(["cp", "-r", str(Path(ckpt) / "global_step3"), str(ckpt2)], check=True)
     (ckpt2 / "latest").write_text("global_step3")
-    print(f"\nmulti-node: {WORLD} ranks on {NODES}: weights identical on every rank for steps "
-          f"{sorted(steps)}; state written by rank 0 only: {sorted({r['saved'] for r in saves})}")
-    res2, records2 = launch(root, "resume", cluster_config(root, str(ckpt2), str(root / "tb_resume")),
-                            acodm_block(root))
+    print(
+        f"\nmulti-node: {WORLD} ranks on {NODES}: weights identical on every rank for steps "
+        f"{sorted(steps)}; state written by rank 0 only: {sorted({r['saved'] for r in saves})}"
+    )
+    res2, records2 = launch(
+        root, "resume", cluster_config(root, str(ckpt2), str(root / "tb_resume")), acodm_block(root)
+    )
     assert res2.returncode == 0, (res2.stdout + res2.stderr)[-5000:]
     resumed = weights_by_step(records2)
     assert sorted(resumed) == [4, 5, 6]
@@ -117,12 +146,18 @@ def test_a_node_without_the_hook_fails_the_job_with_the_cause(cluster):
     root = cluster
     block = acodm_block(root) + "  collective_timeout_s: 20\n"
     t0 = time.monotonic()
-    res, _ = launch(root, "nohook", cluster_config(root, str(root / "ckpt_nohook"), str(root / "tb_nohook")),
-                    block, node_env={1: "NEOX_ACODM_DISABLE=1"}, timeout=600)
+    res, _ = launch(
+        root,
+        "nohook",
+        cluster_config(root, str(root / "ckpt_nohook"), str(root / "tb_nohook")),
+        block,
+        node_env={1: "NEOX_ACODM_DISABLE=1"},
+        timeout=600,
+    )
     elapsed = time.monotonic() - t0
     log = res.stdout + res.stderr
     print(f"\nmulti-node: node 1 without the hook: job failed (rc {res.returncode}) after {elapsed:.0f} s")
     assert res.returncode != 0
     assert elapsed < 240, f"the job took {elapsed:.0f} s to fail"
     assert "acodm: not every rank of the job joined torch.distributed within 20 s" in log, log[-5000:]
-    assert f"{NODES[1]}: " in log and "acodm" in "".join(l for l in log.splitlines() if l.startswith(NODES[1]))
+    assert f"{NODES[1]}: " in log and "acodm" in "".join(line for line in log.splitlines() if line.startswith(NODES[1]))

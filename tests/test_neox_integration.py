@@ -23,7 +23,7 @@ import torch
 from neox_acodm.checkpoint import load as checkpoint_load
 
 NEOX_DIR = os.environ.get("NEOX_DIR")
-pytestmark = pytest.mark.skipif(not NEOX_DIR, reason="set NEOX_DIR to a GPT-NeoX checkout to run")
+pytestmark = [pytest.mark.neox, pytest.mark.skipif(not NEOX_DIR, reason="set NEOX_DIR to a GPT-NeoX checkout to run")]
 SHIM = Path(__file__).resolve().parent / "neox_cpu_shim"
 DOMAINS = ["wiki", "code", "arxiv"]
 
@@ -48,33 +48,72 @@ def neox_config(root: Path, save: str, load: str, tb: str, hidden: int = 64, **o
     data = [str(root / "data" / f"{d}_train_text_document") for d in DOMAINS]
     valid = [str(root / "data" / f"{d}_valid_text_document") for d in DOMAINS]
     return {
-        "pipe_parallel_size": 1, "model_parallel_size": 1, "num_layers": 2, "hidden_size": hidden,
-        "num_attention_heads": 4, "seq_length": 64, "max_position_embeddings": 64, "pos_emb": "rotary",
-        "no_weight_tying": True, "norm": "layernorm", "scaled_upper_triang_masked_softmax_fusion": False,
-        "bias_gelu_fusion": False, "rope_fusion": False, "layernorm_fusion": False,
+        "pipe_parallel_size": 1,
+        "model_parallel_size": 1,
+        "num_layers": 2,
+        "hidden_size": hidden,
+        "num_attention_heads": 4,
+        "seq_length": 64,
+        "max_position_embeddings": 64,
+        "pos_emb": "rotary",
+        "no_weight_tying": True,
+        "norm": "layernorm",
+        "scaled_upper_triang_masked_softmax_fusion": False,
+        "bias_gelu_fusion": False,
+        "rope_fusion": False,
+        "layernorm_fusion": False,
         "attention_config": [[["global"], 2]],
-        "optimizer": {"type": "lion", "params": {"lr": 0.001, "betas": [0.9, 0.99]}}, "min_lr": 0.0001,
-        "zero_optimization": {"stage": 0}, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 3,
-        "precision": "fp32", "checkpoint_activations": False, "train_iters": 6, "lr_decay_iters": 6,
-        "lr_decay_style": "cosine", "warmup": 0.0, "eval_interval": 100000, "eval_iters": 0,
-        "checkpoint_factor": 3, "log_interval": 1, "steps_per_print": 1, "data_impl": "mmap",
-        "train_data_paths": data, "valid_data_paths": valid, "test_data_paths": valid,
-        "train_data_weights": [1.0] * 3, "valid_data_weights": [1.0] * 3, "test_data_weights": [1.0] * 3,
-        "tokenizer_type": "CharLevelTokenizer", "num_workers": 0, "distributed_backend": "gloo",
-        "global_num_gpus": 2, "hostfile": str(root / "hostfile"), "no_ssh_check": True,
-        "master_addr": "127.0.0.1", "launcher": "pdsh", "save": save, "load": load, "tensorboard_dir": tb,
-        "use_wandb": False, "seed": 1234, **over,
+        "optimizer": {"type": "lion", "params": {"lr": 0.001, "betas": [0.9, 0.99]}},
+        "min_lr": 0.0001,
+        "zero_optimization": {"stage": 0},
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 3,
+        "precision": "fp32",
+        "checkpoint_activations": False,
+        "train_iters": 6,
+        "lr_decay_iters": 6,
+        "lr_decay_style": "cosine",
+        "warmup": 0.0,
+        "eval_interval": 100000,
+        "eval_iters": 0,
+        "checkpoint_factor": 3,
+        "log_interval": 1,
+        "steps_per_print": 1,
+        "data_impl": "mmap",
+        "train_data_paths": data,
+        "valid_data_paths": valid,
+        "test_data_paths": valid,
+        "train_data_weights": [1.0] * 3,
+        "valid_data_weights": [1.0] * 3,
+        "test_data_weights": [1.0] * 3,
+        "tokenizer_type": "CharLevelTokenizer",
+        "num_workers": 0,
+        "distributed_backend": "gloo",
+        "global_num_gpus": 2,
+        "hostfile": str(root / "hostfile"),
+        "no_ssh_check": True,
+        "master_addr": "127.0.0.1",
+        "launcher": "pdsh",
+        "save": save,
+        "load": load,
+        "tensorboard_dir": tb,
+        "use_wandb": False,
+        "seed": 1234,
+        **over,
     }
 
 
 def acodm_block(root: Path, **proxy) -> str:
     lines = ["acodm:", "  mixer: acodm", "  seed: 7", "  domains:"]
-    lines += [f"    - {{name: {d}, train_path: {root / 'data' / (d + '_train_text_document')}, weight: 1.0}}"
-              for d in DOMAINS]
-    lines += ["  agent: {hidden_dim: 32, num_layers: 2, warmup_steps: 2, batch_size: 2, buffer_size: 64, "
-              "tau: 0.05, device: cpu}",
-              "  reward: {params: {module: mlp_out, layers: all}, estimator: exact}",
-              "  state: {norm_params: {module: mlp_out, layers: all}}"]
+    lines += [
+        f"    - {{name: {d}, train_path: {root / 'data' / (d + '_train_text_document')}, weight: 1.0}}" for d in DOMAINS
+    ]
+    lines += [
+        "  agent: {hidden_dim: 32, num_layers: 2, warmup_steps: 2, batch_size: 2, buffer_size: 64, "
+        "tau: 0.05, device: cpu}",
+        "  reward: {params: {module: mlp_out, layers: all}, estimator: exact}",
+        "  state: {norm_params: {module: mlp_out, layers: all}}",
+    ]
     if proxy:
         lines += [f"  proxy: {{role: {proxy['role']}, policy_path: {proxy['path']}}}"]
     return "\n".join(lines) + "\n"
@@ -91,7 +130,7 @@ def neox_env(tmp_path_factory):
     pth = Path(sysconfig.get_paths()["purelib"]) / "neox_acodm.pth"
     installed_here = not pth.exists()
     if installed_here:  # users run `neox-acodm install-hook` once; do the same for the test
-        subprocess.run([sys.executable, "-m", "neox_acodm.cli", "install-hook"], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "neox_acodm.tools.cli", "install-hook"], check=True, capture_output=True)
     yield root
     if installed_here:
         pth.unlink()
@@ -100,11 +139,21 @@ def neox_env(tmp_path_factory):
 def deepy(root: Path, name: str, cfg: dict, block: str, expect_ok: bool = True):
     (root / f"{name}.yml").write_text(json.dumps(cfg, indent=1))
     (root / f"{name}_acodm.yml").write_text(block)
-    env = {**os.environ, "PYTHONPATH": str(SHIM), "NEOX_CPU_SHIM": "1", "DS_ACCELERATOR": "cpu",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    res = subprocess.run([sys.executable, "deepy.py", "train.py", str(root / f"{name}.yml"),
-                          str(root / f"{name}_acodm.yml")], cwd=NEOX_DIR, env=env, capture_output=True,
-                         text=True, timeout=900)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(SHIM),
+        "NEOX_CPU_SHIM": "1",
+        "DS_ACCELERATOR": "cpu",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    res = subprocess.run(
+        [sys.executable, "deepy.py", "train.py", str(root / f"{name}.yml"), str(root / f"{name}_acodm.yml")],
+        cwd=NEOX_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     log = res.stdout + res.stderr
     if not expect_ok:
         return res
@@ -156,12 +205,20 @@ def test_proxy_policy_from_small_neox_model_drives_a_larger_one(neox_env):
     root = neox_env
     policy = root / "policy.pt"
     small = str(root / "ckpt_small")
-    deepy(root, "small", neox_config(root, small, small, str(root / "tb_small"), hidden=64),
-          acodm_block(root, role="source", path=policy))
+    deepy(
+        root,
+        "small",
+        neox_config(root, small, small, str(root / "tb_small"), hidden=64),
+        acodm_block(root, role="source", path=policy),
+    )
     assert policy.exists()
     big = str(root / "ckpt_big")
-    log = deepy(root, "big", neox_config(root, big, big, str(root / "tb_big"), hidden=128),
-                acodm_block(root, role="target", path=policy))
+    log = deepy(
+        root,
+        "big",
+        neox_config(root, big, big, str(root / "tb_big"), hidden=128),
+        acodm_block(root, role="target", path=policy),
+    )
     assert "acodm: active (acodm" in log
     assert "capturing per-domain gradients" not in log  # proxy target: no reward computation
     assert scalars(str(root / "tb_big"), "acodm/reward/wiki") == []
@@ -178,8 +235,12 @@ def test_non_pipe_path_with_per_domain_validation(neox_env):
     and per-domain validation perplexity through NeoX's own evaluate."""
     root = neox_env
     ckpt, tb = str(root / "ckpt_seq"), str(root / "tb_seq")
-    log = deepy(root, "seq", neox_config(root, ckpt, ckpt, tb, pipe_parallel_size=0, eval_interval=3, eval_iters=2),
-                acodm_block(root))
+    log = deepy(
+        root,
+        "seq",
+        neox_config(root, ckpt, ckpt, tb, pipe_parallel_size=0, eval_interval=3, eval_iters=2),
+        acodm_block(root),
+    )
     assert log.count("acodm per-domain validation ppl at iteration") >= 2
     for d in DOMAINS + ["avg"]:
         vals = scalars(tb, f"acodm/val_ppl/{d}")
@@ -188,7 +249,7 @@ def test_non_pipe_path_with_per_domain_validation(neox_env):
     state = checkpoint_load(Path(ckpt) / "global_step6" / "acodm" / "state.pt")
     assert sum(state["cursors"]["positions"]) == 6 * 12
     # the run report on the event files this NeoX run wrote
-    from neox_acodm.report import read_run, write_report
+    from neox_acodm.tools.report import read_run, write_report
 
     run = read_run(tb)
     assert run.domains == DOMAINS and set(run.family("val_ppl")) == set(DOMAINS) | {"avg"}
@@ -212,8 +273,12 @@ def test_two_pipeline_stages_train_and_resume_exactly(neox_env):
     ckpt2.mkdir()
     subprocess.run(["cp", "-r", str(Path(ckpt) / "global_step3"), str(ckpt2)], check=True)
     (ckpt2 / "latest").write_text("global_step3")
-    deepy(root, "pp_resume", neox_config(root, str(ckpt2), str(ckpt2), str(root / "tb_pp_resume"), **over),
-          acodm_block(root))
+    deepy(
+        root,
+        "pp_resume",
+        neox_config(root, str(ckpt2), str(ckpt2), str(root / "tb_pp_resume"), **over),
+        acodm_block(root),
+    )
     resumed = checkpoint_load(ckpt2 / "global_step6" / "acodm" / "state.pt")
     assert torch.equal(full["weights"], resumed["weights"])
     for k, v in full["mixer"]["agent"]["critic"].items():
@@ -246,8 +311,13 @@ def test_pipe_path_per_domain_validation_with_pypi_deepspeed(neox_env):
 def test_a_train_path_mismatch_fails_in_deepy_before_launch(neox_env):
     root = neox_env
     block = acodm_block(root).replace("wiki_train_text_document", "elsewhere_text_document", 1)
-    res = deepy(root, "bad", neox_config(root, str(root / "c_bad"), str(root / "c_bad"), str(root / "tb_bad")),
-                block, expect_ok=False)
+    res = deepy(
+        root,
+        "bad",
+        neox_config(root, str(root / "c_bad"), str(root / "c_bad"), str(root / "tb_bad")),
+        block,
+        expect_ok=False,
+    )
     err = res.stdout + res.stderr
     assert res.returncode != 0
     assert "neox_acodm: error: acodm.domains[0].train_path:" in err and "differs from train_data_paths[0]" in err

@@ -9,8 +9,13 @@ from neox_acodm.mixers import ODMMixer, StepStats, exploration_eps
 
 
 def stats(step, loss, probs, counts):
-    return StepStats(step=step, weights=np.asarray(probs), probs=np.asarray(probs, float),
-                     counts=np.asarray(counts), loss=np.asarray(loss, float))
+    return StepStats(
+        step=step,
+        weights=np.asarray(probs),
+        probs=np.asarray(probs, float),
+        counts=np.asarray(counts),
+        loss=np.asarray(loss, float),
+    )
 
 
 def test_eps_schedule():

@@ -24,12 +24,15 @@ def test_accumulate_and_gram_exact():
     assert torch.allclose(gram, (buf.double() @ buf.double().T).float(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("bad,msg", [
-    (dict(grad=torch.zeros(4, 2).T), "grad: must be contiguous"),
-    (dict(grad=torch.zeros(4, dtype=torch.float64)), "grad: dtype must be"),
-    (dict(domain=5), "domain: 5 out of range"),
-    (dict(offset=8), "offset:"),
-])
+@pytest.mark.parametrize(
+    "bad,msg",
+    [
+        (dict(grad=torch.zeros(4, 2).T), "grad: must be contiguous"),
+        (dict(grad=torch.zeros(4, dtype=torch.float64)), "grad: dtype must be"),
+        (dict(domain=5), "domain: 5 out of range"),
+        (dict(offset=8), "offset:"),
+    ],
+)
 def test_accumulate_rejects_bad_input(bad, msg):
     args = dict(buffer=torch.zeros(2, 10), grad=torch.zeros(4), domain=0, offset=0)
     args.update(bad)
@@ -91,7 +94,7 @@ def test_blocked_sketch_collisions():
     bucket, _ = ops.sketch_hash(torch.arange(8 * 5000), 3, k)
     blocks = bucket.reshape(-1, 8)
     assert all(len(set(b.tolist())) == 8 for b in blocks[:500])
-    same_lane_pair = (blocks[:-1, 0] == blocks[1:, 0]).double().mean()   # lane 0 of adjacent blocks
+    same_lane_pair = (blocks[:-1, 0] == blocks[1:, 0]).double().mean()  # lane 0 of adjacent blocks
     cross_lane_pair = (blocks[:-1, 0] == blocks[1:, 5]).double().mean()  # lane 0 vs lane 5
     for p in (same_lane_pair, cross_lane_pair):
         assert abs(float(p) - 1 / k) < 4 * math.sqrt((1 / k) / 5000)

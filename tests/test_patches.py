@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from neox_acodm.patches import hook as _hook
+from neox_acodm.patches.registry import Patch
+
 from conftest import tiny_cfg
-from neox_acodm.patches import _hook
-from neox_acodm.patches._registry import Patch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +32,7 @@ def test_patch_apply_is_idempotent_and_removable(fake_module):
         def wrapped(x):
             calls.append(x)
             return orig(x) * 10
+
         return wrapped
 
     p = Patch("acodm_fake_upstream:train_step", make)
@@ -45,7 +47,9 @@ def test_patch_apply_is_idempotent_and_removable(fake_module):
 
 def test_missing_target_names_target_and_verified_commit(fake_module):
     p = Patch("acodm_fake_upstream:build_train_valid_test_data_iterators", lambda o: o)
-    with pytest.raises(RuntimeError, match=r"acodm_fake_upstream:build_train_valid_test_data_iterators not found.*ea7aefd8"):
+    with pytest.raises(
+        RuntimeError, match=r"acodm_fake_upstream:build_train_valid_test_data_iterators not found.*ea7aefd8"
+    ):
         p.apply()
 
 
@@ -59,6 +63,7 @@ def test_import_hook_runs_after_module_body(tmp_path, monkeypatch):
     _hook.install({"acodm_hook_pkg.target": lambda m: seen.append(m.VALUE)})
     try:
         import acodm_hook_pkg.target  # noqa: F401
+
         assert seen == [1]
         cb = lambda m: seen.append("second")  # noqa: E731
         _hook.install({"acodm_hook_pkg.target": cb})  # already imported: runs at once, once
@@ -73,22 +78,25 @@ def test_import_hook_runs_after_module_body(tmp_path, monkeypatch):
 def _py(code: str, **env):
     import os
 
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, **env})
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
 
 
 def test_activation_is_import_cheap_and_switchable():
-    r = _py("import sys, neox_acodm._bootstrap; "
-            "print('torch' in sys.modules, any(type(f).__name__ == '_PostImportFinder' for f in sys.meta_path))")
+    r = _py(
+        "import sys, neox_acodm._bootstrap; "
+        "print('torch' in sys.modules, any(type(f).__name__ == '_PostImportFinder' for f in sys.meta_path))"
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False", "True"]
-    r = _py("import sys, neox_acodm._bootstrap; "
-            "print(any(type(f).__name__ == '_PostImportFinder' for f in sys.meta_path))", NEOX_ACODM_DISABLE="1")
+    r = _py(
+        "import sys, neox_acodm._bootstrap; print(any(type(f).__name__ == '_PostImportFinder' for f in sys.meta_path))",
+        NEOX_ACODM_DISABLE="1",
+    )
     assert r.stdout.strip() == "False"
 
 
 def test_install_hook_writes_and_removes_pth(tmp_path):
-    cmd = [sys.executable, "-m", "neox_acodm.cli", "install-hook", "--site", str(tmp_path)]
+    cmd = [sys.executable, "-m", "neox_acodm.tools.cli", "install-hook", "--site", str(tmp_path)]
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert (tmp_path / "neox_acodm.pth").read_text() == "import neox_acodm._bootstrap\n"
     assert subprocess.run(cmd + ["--remove"], capture_output=True).returncode == 0
@@ -137,7 +145,9 @@ def test_neox_args_check_data_paths_before_launch(monkeypatch, capsys):
     block = {"domains": [{"name": "a", "train_path": "data/a"}, {"name": "b"}]}
     ok = mod.NeoXArgs(acodm=block, train_data_paths=["data/a", "data/b"], train_iters=10)
     assert ok.acodm == block
-    with pytest.raises(ConfigError, match=r"acodm.domains\[0\].train_path: 'data/a' differs from train_data_paths\[0\]"):
+    with pytest.raises(
+        ConfigError, match=r"acodm.domains\[0\].train_path: 'data/a' differs from train_data_paths\[0\]"
+    ):
         mod.NeoXArgs(acodm=block, train_data_paths=["data/x", "data/b"], train_iters=10)
     with pytest.raises(ConfigError, match="2 domains but train_data_paths has 1"):
         mod.NeoXArgs(acodm=block, train_data_paths=["data/a"], train_iters=10)
@@ -170,19 +180,26 @@ def test_pipe_eval_output_has_one_shape_for_both_deepspeeds():
 
 
 def test_every_neox_patch_declares_its_signature_and_is_documented():
+    import types
     from pathlib import Path
 
-    from neox_acodm.patches import neox_eval, neox_training
+    from neox_acodm.patches import megatron_training, neox_args, neox_training
 
-    integ = object.__new__(neox_training.NeoXIntegration)  # build_patches needs no NeoX
-    integ.evaluation = object.__new__(neox_eval.DomainEvaluation)
-    integ.cfg = tiny_cfg()
-    patches = integ.build_patches() + [neox_training.GATE]
+    integ = types.SimpleNamespace(cfg=tiny_cfg(), evaluation=types.SimpleNamespace(wrap=lambda f: f))
+    patches = neox_training.neox_patches(integ) + [neox_training.gate(object)]
     targets = [p.target for p in patches]
     assert len(set(targets)) == len(targets)
     assert all(p.params for p in patches), [p.target for p in patches if not p.params]
+    session = types.SimpleNamespace(validation=None)
+    others = [
+        neox_args.init_patch(object),
+        neox_args.EXCEPTHOOK,
+        neox_training.pipe_loss_patch(object(), lambda f: f),
+        megatron_training.compile_helpers_patch(),
+        *megatron_training.megatron_patches(session),
+    ]
     upstream = (Path(__file__).resolve().parents[1] / "patches" / "UPSTREAM.md").read_text()
-    for t in targets:
+    for t in targets + [p.target for p in others] + ["megatron.data.data_utils:get_normalized_weights_and_num_samples"]:
         assert f"`{t.replace(':', '.')}`" in upstream, f"{t} is not documented in patches/UPSTREAM.md"
 
 
@@ -194,10 +211,14 @@ def _join_worker(rank, port, q):
 
     from neox_acodm.patches.neox_dist import wrap_init_distributed
 
-    def init_distributed(dist_backend=None, auto_mpi_discovery=True, distributed_port=0, verbose=True,
-                         timeout=datetime.timedelta(seconds=600)):  # DeepSpeed's signature, gloo
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=2,
-                                timeout=timeout)
+    def init_distributed(
+        dist_backend=None,
+        auto_mpi_discovery=True,
+        distributed_port=0,
+        verbose=True,
+        timeout=datetime.timedelta(seconds=600),
+    ):  # DeepSpeed's signature, gloo
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=2, timeout=timeout)
 
     try:
         wrap_init_distributed(2.0)(init_distributed)(dist_backend="gloo")

@@ -85,8 +85,8 @@ def test_weight_changes_never_repeat_or_drop():
         n = len(drawn[d])
         full = n // sizes[d]
         for e in range(full):  # every complete epoch is a permutation: nothing dropped/repeated
-            assert sorted(drawn[d][e * sizes[d]:(e + 1) * sizes[d]]) == list(range(sizes[d]))
-        assert len(set(drawn[d][full * sizes[d]:])) == n - full * sizes[d]
+            assert sorted(drawn[d][e * sizes[d] : (e + 1) * sizes[d]]) == list(range(sizes[d]))
+        assert len(set(drawn[d][full * sizes[d] :])) == n - full * sizes[d]
     assert cur.positions.tolist() == [len(drawn[0]), len(drawn[1])]
 
 

@@ -5,7 +5,6 @@ a hang fails the test instead of stalling CI."""
 
 import os
 import pickle
-import socket
 import stat
 import time
 
@@ -15,32 +14,41 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import TinyLM, tiny_cfg, train_steps
-from neox_acodm.dist import ParallelLayout
 from neox_acodm import checkpoint
 from neox_acodm.checkpoint import CheckpointError
+from neox_acodm.dist import ParallelLayout
 from neox_acodm.runtime import MixingRuntime
 
+from conftest import TinyLM, tiny_cfg, train_steps
+from support import free_port
+
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rt(cfg, rank=0, world=1, group=None, seed=0):
     model = TinyLM(seed=seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    rt = MixingRuntime(cfg, dataset_sizes=[50, 60, 70], grad_accum=2, micro_batch=2, model=model,
-                       layout=ParallelLayout(world, rank, group, group))
+    rt = MixingRuntime(
+        cfg,
+        dataset_sizes=[50, 60, 70],
+        grad_accum=2,
+        micro_batch=2,
+        model=model,
+        layout=ParallelLayout(world, rank, group, group),
+    )
     return rt, model, opt
 
 
 def _snapshot(rt):
-    return pickle.dumps((rt.step, rt.weights.tolist(), rt.skipped_steps, rt.cursors.positions.tolist(),
-                         None if rt.mixer is None else _tensors(rt.mixer.state_dict())))
+    return pickle.dumps(
+        (
+            rt.step,
+            rt.weights.tolist(),
+            rt.skipped_steps,
+            rt.cursors.positions.tolist(),
+            None if rt.mixer is None else _tensors(rt.mixer.state_dict()),
+        )
+    )
 
 
 def _tensors(obj):
@@ -112,8 +120,9 @@ def _worker(rank, port, name, out):
 
 
 def _run(tmp_path, name, timeout=90):
-    ctx = mp.start_processes(_worker, args=(_free_port(), name, str(tmp_path)), nprocs=WORLD,
-                             join=False, start_method="spawn")
+    ctx = mp.start_processes(
+        _worker, args=(free_port(), name, str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
+    )
     deadline = time.time() + timeout
     while not ctx.join(timeout=max(0.1, deadline - time.time())):
         if time.time() > deadline:
@@ -123,12 +132,15 @@ def _run(tmp_path, name, timeout=90):
     return [(tmp_path / f"{name}{r}.txt").read_text() for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("name,owner,other", [
-    ("not_a_mapping", "CheckpointError", "RemoteFailure"),
-    ("owner_part_mismatch", "CheckpointError", "RemoteFailure"),
-    ("owner_update_fails", "ZeroDivisionError", "RemoteFailure"),
-    ("save_fails", ("FileExistsError", "NotADirectoryError"), "RemoteFailure"),
-])
+@pytest.mark.parametrize(
+    "name,owner,other",
+    [
+        ("not_a_mapping", "CheckpointError", "RemoteFailure"),
+        ("owner_part_mismatch", "CheckpointError", "RemoteFailure"),
+        ("owner_update_fails", "ZeroDivisionError", "RemoteFailure"),
+        ("save_fails", ("FileExistsError", "NotADirectoryError"), "RemoteFailure"),
+    ],
+)
 def test_a_failure_on_the_owner_reaches_every_rank(tmp_path, name, owner, other):
     o, r = _run(tmp_path, name)
     assert o.startswith(owner), o
@@ -158,17 +170,20 @@ def _saved(tmp_path, mixer="acodm", **over):
 def test_flipped_bytes_fail_the_checksum(tmp_path):
     _, path = _saved(tmp_path)
     raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2: len(raw) // 2 + 8] = b"\x41" * 8
+    raw[len(raw) // 2 : len(raw) // 2 + 8] = b"\x41" * 8
     path.write_bytes(bytes(raw))
     rt, *_ = _rt(tiny_cfg("acodm"))
     with pytest.raises(CheckpointError, match=f"{path}: checksum mismatch"):
         rt.load(str(path))
 
 
-@pytest.mark.parametrize("content,match", [
-    (b"", "the file is empty"),
-    (b"\x80\x04garbage", "no NEOX_ACODM_STATE header"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"", "the file is empty"),
+        (b"\x80\x04garbage", "no NEOX_ACODM_STATE header"),
+    ],
+)
 def test_unreadable_files_name_the_path_and_what_it_should_be(tmp_path, content, match):
     p = tmp_path / "bad.pt"
     p.write_bytes(content)
@@ -186,17 +201,36 @@ def _rewrite(path, edit):
     checkpoint.atomic_save(state, path)
 
 
-@pytest.mark.parametrize("mixer,edit,match", [
-    ("odm", lambda s: s.update(weights=torch.full((3,), float("nan"))), "not a probability vector"),
-    ("odm", lambda s: s.update(weights=torch.tensor([-0.5, 1.0, 0.5], dtype=torch.float64)), "not a probability vector"),
-    ("odm", lambda s: s.update(weights=torch.tensor([1.0, 0.5, 0.5], dtype=torch.float64)), "not a probability vector"),
-    ("odm", lambda s: s["mixer"].update(reward=[float("nan")] * 3), r"mixer.reward\[0\]: holds a non-finite number"),
-    ("odm", lambda s: s.update(step=-3), "step must be a non-negative integer"),
-    ("odm", lambda s: s["cursors"].update(positions=[-1, 0, 0]), "cursor positions"),
-    ("acodm", lambda s: s["mixer"]["agent"]["actor"].update(
-        {k: v * float("inf") for k, v in s["mixer"]["agent"]["actor"].items() if k.endswith("weight")}),
-     "NaN/Inf"),
-])
+@pytest.mark.parametrize(
+    "mixer,edit,match",
+    [
+        ("odm", lambda s: s.update(weights=torch.full((3,), float("nan"))), "not a probability vector"),
+        (
+            "odm",
+            lambda s: s.update(weights=torch.tensor([-0.5, 1.0, 0.5], dtype=torch.float64)),
+            "not a probability vector",
+        ),
+        (
+            "odm",
+            lambda s: s.update(weights=torch.tensor([1.0, 0.5, 0.5], dtype=torch.float64)),
+            "not a probability vector",
+        ),
+        (
+            "odm",
+            lambda s: s["mixer"].update(reward=[float("nan")] * 3),
+            r"mixer.reward\[0\]: holds a non-finite number",
+        ),
+        ("odm", lambda s: s.update(step=-3), "step must be a non-negative integer"),
+        ("odm", lambda s: s["cursors"].update(positions=[-1, 0, 0]), "cursor positions"),
+        (
+            "acodm",
+            lambda s: s["mixer"]["agent"]["actor"].update(
+                {k: v * float("inf") for k, v in s["mixer"]["agent"]["actor"].items() if k.endswith("weight")}
+            ),
+            "NaN/Inf",
+        ),
+    ],
+)
 def test_loaded_values_are_validated_and_a_failed_load_changes_nothing(tmp_path, mixer, edit, match):
     _, path = _saved(tmp_path, mixer)
     _rewrite(path, edit)
@@ -238,7 +272,7 @@ def test_overflow_steps_are_skipped_for_every_mixer(mixer):
     rt, model, opt = _rt(tiny_cfg(mixer, reward={"mode": "aligned"}))
     train_steps(rt, model, opt, 3)
     w, state = rt.weights.copy(), pickle.dumps(_tensors(rt.mixer.state_dict()))
-    for mb, (d, idx) in enumerate(rt.micro_batches()):
+    for mb, (d, _idx) in enumerate(rt.micro_batches()):
         rt.begin_microbatch(mb)
         loss = model.loss(torch.randint(0, 32, (2, 9)))
         loss.backward()
@@ -258,45 +292,54 @@ def _block(**over):
     return block
 
 
-@pytest.mark.parametrize("block,match", [
-    (_block(seed=2**40), r"acodm.seed: must be in \[0, 4.29497e\+09\]"),
-    (_block(seed=2**63), r"acodm.seed: 9223372036854775808 does not fit in 64 bits"),
-    (_block(reward={"sketch_seed": -1}), r"acodm.reward.sketch_seed: must be in"),
-    (_block(seed=int("9" * 400)), r"acodm.seed: 9999.*\(400 characters\) does not fit in 64 bits"),
-    (_block(agent={"warmup_steps": int("9" * 400)}), "does not fit in 64 bits"),
-    (_block(agent={"actor_lr": int("9" * 400)}), "too large for a float"),
-    (_block(reward={"params": {"layers": "::0"}}), "slice step must not be zero"),
-    (_block(reward={"params": {"module": ""}}), "an empty pattern matches every module"),
-    (_block(agent={"device": "tpu"}), r"acodm.agent.device: got 'tpu'"),
-    (_block(agent={"batch_size": 64, "buffer_size": 32}), "the agent never updates"),
-    ({"domains": [{"name": "a", "weight": 1e308}, {"name": "b", "weight": 1e308}]}, "sum to infinity"),
-])
+@pytest.mark.parametrize(
+    "block,match",
+    [
+        (_block(seed=2**40), r"acodm.seed: must be in \[0, 4.29497e\+09\]"),
+        (_block(seed=2**63), r"acodm.seed: 9223372036854775808 does not fit in 64 bits"),
+        (_block(reward={"sketch_seed": -1}), r"acodm.reward.sketch_seed: must be in"),
+        (_block(seed=int("9" * 400)), r"acodm.seed: 9999.*\(400 characters\) does not fit in 64 bits"),
+        (_block(agent={"warmup_steps": int("9" * 400)}), "does not fit in 64 bits"),
+        (_block(agent={"actor_lr": int("9" * 400)}), "too large for a float"),
+        (_block(reward={"params": {"layers": "::0"}}), "slice step must not be zero"),
+        (_block(reward={"params": {"module": ""}}), "an empty pattern matches every module"),
+        (_block(agent={"device": "tpu"}), r"acodm.agent.device: got 'tpu'"),
+        (_block(agent={"batch_size": 64, "buffer_size": 32}), "the agent never updates"),
+        ({"domains": [{"name": "a", "weight": 1e308}, {"name": "b", "weight": 1e308}]}, "sum to infinity"),
+    ],
+)
 def test_values_the_code_cannot_use_are_config_errors(block, match):
     with pytest.raises(ConfigError, match=match):
         parse_config(block)
 
 
 def test_selectors_that_select_nothing_or_twice_are_errors():
-    from conftest import TinyLM
     from neox_acodm.selectors import select_params
+
+    from conftest import TinyLM
 
     model = TinyLM()
     with pytest.raises(ConfigError, match=r"acodm.reward.params.layers: \[-1, 3\] selects layer 3 of 4 twice"):
-        select_params(model, parse_config(_block(reward={"params": {"layers": [-1, 3]}})).reward.params,
-                      "acodm.reward.params")
+        select_params(
+            model, parse_config(_block(reward={"params": {"layers": [-1, 3]}})).reward.params, "acodm.reward.params"
+        )
     with pytest.raises(ConfigError, match="selects none of the 4 matching layers"):
-        select_params(model, parse_config(_block(reward={"params": {"layers": "7:"}})).reward.params,
-                      "acodm.reward.params")
+        select_params(
+            model, parse_config(_block(reward={"params": {"layers": "7:"}})).reward.params, "acodm.reward.params"
+        )
 
 
-@pytest.mark.parametrize("content,match", [
-    (b"acodm:\n  domains: [{name: a}]\n  seed: 1\n  seed: 2\n", r"key 'seed' appears twice"),
-    (b"domians: [{name: a}]\nmixer: odm\n", r"acodm.domains: required key is missing; did you mean 'domians'"),
-    (b"mixer: odm\nseed: 3\n", "looks like a bare acodm block"),
-    (b"\xff\xfe\x00binary\x00", "not UTF-8 text"),
-    ("acodm:\n  domains: [{name: caf\u00e9}]\n".encode("latin-1"), "not UTF-8 text"),
-    (b"[" * 5000 + b"]" * 5000, "nests too deeply|invalid YAML|expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"acodm:\n  domains: [{name: a}]\n  seed: 1\n  seed: 2\n", r"key 'seed' appears twice"),
+        (b"domians: [{name: a}]\nmixer: odm\n", r"acodm.domains: required key is missing; did you mean 'domians'"),
+        (b"mixer: odm\nseed: 3\n", "looks like a bare acodm block"),
+        (b"\xff\xfe\x00binary\x00", "not UTF-8 text"),
+        ("acodm:\n  domains: [{name: caf\u00e9}]\n".encode("latin-1"), "not UTF-8 text"),
+        (b"[" * 5000 + b"]" * 5000, "nests too deeply|invalid YAML|expected a mapping"),
+    ],
+)
 def test_check_config_never_tracebacks(tmp_path, content, match):
     import subprocess
     import sys
@@ -305,8 +348,12 @@ def test_check_config_never_tracebacks(tmp_path, content, match):
     f.write_bytes(content)
     with pytest.raises(ConfigError, match=match):
         load_config(f)
-    res = subprocess.run([sys.executable, "-m", "neox_acodm.cli", "check-config", str(f)],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "neox_acodm.tools.cli", "check-config", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
 
 

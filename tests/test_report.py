@@ -14,18 +14,20 @@ import torch.multiprocessing as mp
 pytest.importorskip("tensorboard")
 pytest.importorskip("deepspeed")
 
-from conftest import tiny_cfg  # noqa: E402
-from test_deepspeed_engine import GA, MB, SyntheticDomain, _port, ce, layers  # noqa: E402
+from neox_acodm.tools.cli import main as cli_main  # noqa: E402
+from neox_acodm.tools.report import read_run, write_report  # noqa: E402
 
-from neox_acodm.cli import main as cli_main  # noqa: E402
-from neox_acodm.report import read_run, write_report  # noqa: E402
+from conftest import tiny_cfg  # noqa: E402
+from support import free_port  # noqa: E402
+from test_deepspeed_engine import GA, MB, SyntheticDomain, ce, layers  # noqa: E402
 
 STEPS = 10
 
 
 def _worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0",
-                      WORLD_SIZE="1", DS_ACCELERATOR="cpu")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", DS_ACCELERATOR="cpu"
+    )
     torch.set_num_threads(1)
     import deepspeed
     from torch import nn
@@ -38,14 +40,28 @@ def _worker(rank, port, out_dir):
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     torch.manual_seed(0)
     model = nn.Sequential(*layers())
-    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                                      config={"train_batch_size": MB * GA, "train_micro_batch_size_per_gpu": MB,
-                                              "gradient_accumulation_steps": GA, "steps_per_print": 10**9})
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        config={
+            "train_batch_size": MB * GA,
+            "train_micro_batch_size_per_gpu": MB,
+            "gradient_accumulation_steps": GA,
+            "steps_per_print": 10**9,
+        },
+    )
     tb = SummaryWriter(os.path.join(out_dir, "tb"))
     cfg = tiny_cfg("acodm", total_steps=STEPS, log_interval=2)
-    session = DeepSpeedMixingSession(cfg, engine, datasets=[SyntheticDomain(d) for d in range(3)],
-                                     layout=ParallelLayout(), grad_accum=GA, micro_batch=MB, total_steps=STEPS,
-                                     sink=MetricsSink(lambda: tb.add_scalar, cfg.log_interval))
+    session = DeepSpeedMixingSession(
+        cfg,
+        engine,
+        datasets=[SyntheticDomain(d) for d in range(3)],
+        layout=ParallelLayout(),
+        grad_accum=GA,
+        micro_batch=MB,
+        total_steps=STEPS,
+        sink=MetricsSink(lambda: tb.add_scalar, cfg.log_interval),
+    )
     loss_fn, it, weights = session.wrap_loss(ce), session.train_iterator(), {}
     for _ in range(STEPS):
         for _ in range(GA):
@@ -61,7 +77,7 @@ def _worker(rank, port, out_dir):
 
 
 def test_report_of_a_deepspeed_run(tmp_path):
-    mp.spawn(_worker, args=(_port(), str(tmp_path)), nprocs=1, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=1, join=True)
     weights = pickle.load(open(tmp_path / "weights.pkl", "rb"))
     run = read_run(tmp_path / "tb")
     assert run.domains == ["d0", "d1", "d2"]
@@ -130,9 +146,7 @@ def test_report_errors_name_the_fix(tmp_path):
 def test_report_of_a_bench_directory():
     from pathlib import Path
 
-    src = Path(__file__).resolve().parents[1] / "neox_acodm" / "benchmix" / "results" / "demo"
-    if not (src / "report.json").is_file():
-        pytest.skip("no committed demo report")
+    src = Path(__file__).resolve().parent / "fixtures" / "bench_small"
     import tempfile
 
     with tempfile.TemporaryDirectory() as out:
@@ -143,7 +157,7 @@ def test_report_of_a_bench_directory():
 def test_every_subcommand_help_shows_an_example():
     import argparse
 
-    from neox_acodm.cli import build_parser
+    from neox_acodm.tools.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert {"report", "bench-mix", "bench-reward", "demo", "check-config", "export-schedule"} <= set(sub.choices)

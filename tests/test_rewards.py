@@ -15,7 +15,7 @@ def test_paper_alignment_is_scale_free_and_favours_aligned_domain():
     gram = grads @ grads.T
     present = torch.tensor([True, True, True])
     w = paper_alignment(gram, present, clip=10.0)
-    w_scaled = paper_alignment(gram * 4096.0 ** 2, present, clip=10.0)  # fp16 loss scale
+    w_scaled = paper_alignment(gram * 4096.0**2, present, clip=10.0)  # fp16 loss scale
     assert torch.allclose(w, w_scaled, rtol=1e-5)
     assert w[2] < 0 < w[1] and w[0] > w[2]
     absent = paper_alignment(gram, torch.tensor([True, True, False]), clip=10.0)

@@ -12,22 +12,34 @@ import torch.multiprocessing as mp
 
 pytest.importorskip("deepspeed")
 
-from conftest import tiny_cfg  # noqa: E402
-from test_deepspeed_engine import GA, MB, WORLD, SyntheticDomain, _port, ce, layers  # noqa: E402
-
 from neox_acodm.config import ConfigError  # noqa: E402
+
+from conftest import tiny_cfg  # noqa: E402
+from support import free_port  # noqa: E402
+from test_deepspeed_engine import GA, MB, WORLD, SyntheticDomain, ce, layers  # noqa: E402
 
 STEPS = 8
 
 
 def _cfg():
-    return tiny_cfg("acodm", total_steps=STEPS, shadow=True, agent={"warmup_steps": 2, "batch_size": 2},
-                    reward={"params": {"module": "mlp_out", "layers": "all"}})
+    return tiny_cfg(
+        "acodm",
+        total_steps=STEPS,
+        shadow=True,
+        agent={"warmup_steps": 2, "batch_size": 2},
+        reward={"params": {"module": "mlp_out", "layers": "all"}},
+    )
 
 
 def _worker(rank, port, out_dir, mode):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), DS_ACCELERATOR="cpu")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        DS_ACCELERATOR="cpu",
+    )
     torch.set_num_threads(1)
     import deepspeed
     import torch.distributed as dist
@@ -36,31 +48,46 @@ def _worker(rank, port, out_dir, mode):
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     torch.manual_seed(0)
     model = nn.Sequential(*layers())
-    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                                      config={"train_batch_size": MB * GA * WORLD, "train_micro_batch_size_per_gpu": MB,
-                                              "gradient_accumulation_steps": GA, "steps_per_print": 10**9})
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        config={
+            "train_batch_size": MB * GA * WORLD,
+            "train_micro_batch_size_per_gpu": MB,
+            "gradient_accumulation_steps": GA,
+            "steps_per_print": 10**9,
+        },
+    )
     cfg, data = _cfg(), [SyntheticDomain(d) for d in range(3)]
     log = {"losses": [], "batches": [], "weights": [], "shadow": []}
     if mode == "shadow":
         from neox_acodm.dist import ParallelLayout
         from neox_acodm.neox.session import DeepSpeedMixingSession
 
-        session = DeepSpeedMixingSession(cfg, engine, datasets=data, layout=ParallelLayout(WORLD, rank),
-                                         grad_accum=GA, micro_batch=MB, total_steps=STEPS)
+        session = DeepSpeedMixingSession(
+            cfg,
+            engine,
+            datasets=data,
+            layout=ParallelLayout(WORLD, rank),
+            grad_accum=GA,
+            micro_batch=MB,
+            total_steps=STEPS,
+        )
         it, loss_fn = session.train_iterator(), session.wrap_loss(ce)
     else:  # no plugin: no runtime, no hooks; the static plan from the pure planner
         from torch.utils.data import default_collate
 
+        from neox_acodm.initial import resolve_initial_weights
         from neox_acodm.plan import DomainCursors, build_step_plan, normalize_weights
-        from neox_acodm.runtime import resolve_initial_weights
 
         w0 = normalize_weights(resolve_initial_weights(cfg, None), cfg.sampling.min_weight, cfg.sampling.max_weight)
         cursors = DomainCursors([len(d) for d in data], cfg.seed)
 
         def plain_batches():
             for step in range(STEPS):
-                plan = build_step_plan(cfg.seed, step, w0, WORLD, GA, cfg.sampling.min_microbatches_per_domain,
-                                       cfg.sampling.allocation)
+                plan = build_step_plan(
+                    cfg.seed, step, w0, WORLD, GA, cfg.sampling.min_microbatches_per_domain, cfg.sampling.allocation
+                )
                 starts = cursors.assign(plan, MB)
                 for d, s in zip(plan.domains[rank], starts[rank]):
                     idx = cursors.sample_indices(int(d), int(s), MB)
@@ -87,7 +114,7 @@ def _worker(rank, port, out_dir, mode):
 
 
 def _run(tmp_path, mode):
-    mp.spawn(_worker, args=(_port(), str(tmp_path), mode), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path), mode), nprocs=WORLD, join=True)
     return [pickle.load(open(tmp_path / f"{mode}_rank{r}.pkl", "rb")) for r in range(WORLD)]
 
 

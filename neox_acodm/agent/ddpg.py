@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from ..config import AgentConfig
+from .config import AgentConfig
 from .networks import Actor, Critic
 from .replay import ReplayBuffer
 
@@ -49,9 +49,17 @@ def _soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
 class DDPGAgent:
     """Actor-critic with target nets and a replay buffer; lives on rank 0 only."""
 
-    def __init__(self, cfg: AgentConfig, state_dim: int, num_domains: int, reward_dim: int,
-                 total_updates: int, seed: int, device: torch.device | str = "cpu",
-                 prior: torch.Tensor | None = None):
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        state_dim: int,
+        num_domains: int,
+        reward_dim: int,
+        total_updates: int,
+        seed: int,
+        device: torch.device | str = "cpu",
+        prior: torch.Tensor | None = None,
+    ):
         self.cfg = cfg
         self.device = torch.device(device)
         self.state_dim, self.num_domains, self.reward_dim = state_dim, num_domains, reward_dim
@@ -61,26 +69,42 @@ class DDPGAgent:
         # restored CUDA RNG state on resume)
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
-            self.actor = Actor(state_dim, num_domains, cfg.hidden_dim, cfg.num_layers,
-                               residual=cfg.actor_init == "prior", prior=prior)
-            self.critic = Critic(state_dim, num_domains, cfg.hidden_dim, cfg.num_layers, reward_dim,
-                                 log_ratio=cfg.critic_action == "log_ratio", prior=prior)
+            self.actor = Actor(
+                state_dim, num_domains, cfg.hidden_dim, cfg.num_layers, residual=cfg.actor_init == "prior", prior=prior
+            )
+            self.critic = Critic(
+                state_dim,
+                num_domains,
+                cfg.hidden_dim,
+                cfg.num_layers,
+                reward_dim,
+                log_ratio=cfg.critic_action == "log_ratio",
+                prior=prior,
+            )
         self.actor.to(self.device)
         self.critic.to(self.device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.AdamW(self.actor.parameters(), lr=cfg.actor_lr,
-                                           weight_decay=cfg.weight_decay)
-        self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr,
-                                            weight_decay=cfg.weight_decay)
+        self.actor_opt = torch.optim.AdamW(self.actor.parameters(), lr=cfg.actor_lr, weight_decay=cfg.weight_decay)
+        self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
         sched = lambda n: lr_factor(n, cfg.lr_warmup_steps, total_updates, cfg.lr_decay, cfg.min_lr_ratio)
         self.actor_sched = torch.optim.lr_scheduler.LambdaLR(self.actor_opt, sched)
         self.critic_sched = torch.optim.lr_scheduler.LambdaLR(self.critic_opt, sched)
         self.decomposed = cfg.objective == "decomposed"
-        self.replay = ReplayBuffer(cfg.buffer_size, state_dim, num_domains, reward_dim, self.device,
-                                   coef_dim=num_domains if self.decomposed else 0)
+        self.replay = ReplayBuffer(
+            cfg.buffer_size,
+            state_dim,
+            num_domains,
+            reward_dim,
+            self.device,
+            coef_dim=num_domains if self.decomposed else 0,
+        )
         # [K] anchor of the KL penalty (the initial weights); uniform if not given
-        p = torch.full((num_domains,), 1.0 / num_domains) if prior is None else torch.as_tensor(prior, dtype=torch.float32)
+        p = (
+            torch.full((num_domains,), 1.0 / num_domains)
+            if prior is None
+            else torch.as_tensor(prior, dtype=torch.float32)
+        )
         self.log_prior = (p / p.sum()).clamp_min(1e-8).log().to(self.device)
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.num_updates = 0
@@ -93,16 +117,22 @@ class DDPGAgent:
         """Deterministic policy mu(s). state: [S] -> weights [K] float32 on the CPU."""
         return self.actor(state.to(self.device, torch.float32)[None])[0].float().cpu()
 
-    def observe(self, s: torch.Tensor, a: torch.Tensor, r: torch.Tensor, s2: torch.Tensor,
-                coef: torch.Tensor | None = None, coef_next: torch.Tensor | None = None) -> None:
+    def observe(
+        self,
+        s: torch.Tensor,
+        a: torch.Tensor,
+        r: torch.Tensor,
+        s2: torch.Tensor,
+        coef: torch.Tensor | None = None,
+        coef_next: torch.Tensor | None = None,
+    ) -> None:
         """Store a transition. s, s2: [S]; a: [K]; r: [reward_dim]; coef, coef_next: [K] the
         known reward coefficients at s and s2 (``decomposed`` only)."""
         if self.frozen:
             return
         if self.decomposed and (coef is None or coef_next is None):
             raise ValueError("objective 'decomposed' needs the reward coefficients of s and s2")
-        self.replay.add(s.to(self.device), a.to(self.device), r.to(self.device), s2.to(self.device),
-                        coef, coef_next)
+        self.replay.add(s.to(self.device), a.to(self.device), r.to(self.device), s2.to(self.device), coef, coef_next)
 
     # -- learning -----------------------------------------------------------------------------
     def update(self) -> dict[str, float] | None:
@@ -152,16 +182,23 @@ class DDPGAgent:
         self.actor_sched.step()
         self.critic_sched.step()
         self.num_updates += 1
-        return {"critic_loss": float(critic_loss.detach()), "actor_loss": float(actor_loss.detach()),
-                "actor_lr": self.actor_opt.param_groups[0]["lr"],
-                "critic_lr": self.critic_opt.param_groups[0]["lr"]}
+        return {
+            "critic_loss": float(critic_loss.detach()),
+            "actor_loss": float(actor_loss.detach()),
+            "actor_lr": self.actor_opt.param_groups[0]["lr"],
+            "critic_lr": self.critic_opt.param_groups[0]["lr"],
+        }
 
     # -- persistence --------------------------------------------------------------------------
     def policy_state_dict(self) -> dict:
         """What proxy transfer needs: the actor and its shape."""
-        return {"actor": {k: v.cpu() for k, v in self.actor.state_dict().items()},
-                "state_dim": self.state_dim, "num_domains": self.num_domains,
-                "hidden_dim": self.cfg.hidden_dim, "num_layers": self.cfg.num_layers}
+        return {
+            "actor": {k: v.cpu() for k, v in self.actor.state_dict().items()},
+            "state_dim": self.state_dim,
+            "num_domains": self.num_domains,
+            "hidden_dim": self.cfg.hidden_dim,
+            "num_layers": self.cfg.num_layers,
+        }
 
     def load_policy(self, policy: dict, freeze: bool = True) -> None:
         shape = (policy["state_dim"], policy["num_domains"], policy["hidden_dim"], policy["num_layers"])
@@ -170,7 +207,8 @@ class DDPGAgent:
             raise ValueError(
                 f"proxy policy shape (state_dim, domains, hidden_dim, num_layers)={shape} does not "
                 f"match this run's {mine}; the source and target runs need the same domains, "
-                f"norm-layer count and acodm.agent.hidden_dim/num_layers")
+                f"norm-layer count and acodm.agent.hidden_dim/num_layers"
+            )
         self.actor.load_state_dict(policy["actor"])
         self.actor_target.load_state_dict(policy["actor"])
         if freeze:
@@ -179,13 +217,18 @@ class DDPGAgent:
 
     def state_dict(self) -> dict:
         return {
-            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
             "actor_target": self.actor_target.state_dict(),
             "critic_target": self.critic_target.state_dict(),
-            "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-            "actor_sched": self.actor_sched.state_dict(), "critic_sched": self.critic_sched.state_dict(),
-            "replay": self.replay.state_dict(), "generator": self.generator.get_state(),
-            "num_updates": self.num_updates, "skipped_updates": self.skipped_updates,
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "actor_sched": self.actor_sched.state_dict(),
+            "critic_sched": self.critic_sched.state_dict(),
+            "replay": self.replay.state_dict(),
+            "generator": self.generator.get_state(),
+            "num_updates": self.num_updates,
+            "skipped_updates": self.skipped_updates,
             "frozen": self.frozen,
         }
 

@@ -25,8 +25,15 @@ class Actor(nn.Module):
     exactly the prior until the actor learns (paper: a plain softmax of a random MLP).
     """
 
-    def __init__(self, state_dim: int, num_domains: int, hidden: int, num_layers: int,
-                 residual: bool = False, prior: torch.Tensor | None = None):
+    def __init__(
+        self,
+        state_dim: int,
+        num_domains: int,
+        hidden: int,
+        num_layers: int,
+        residual: bool = False,
+        prior: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.body = _body(state_dim, hidden, num_layers)
         self.head = nn.Linear(hidden, num_domains)
@@ -46,8 +53,16 @@ class Critic(nn.Module):
     ``log_ratio``: the action enters as log(a / prior) (O(1)) instead of raw weights.
     """
 
-    def __init__(self, state_dim: int, num_domains: int, hidden: int, num_layers: int, out_dim: int,
-                 log_ratio: bool = False, prior: torch.Tensor | None = None):
+    def __init__(
+        self,
+        state_dim: int,
+        num_domains: int,
+        hidden: int,
+        num_layers: int,
+        out_dim: int,
+        log_ratio: bool = False,
+        prior: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.body = _body(state_dim + num_domains, hidden, num_layers)
         self.head = nn.Linear(hidden, out_dim)

@@ -11,8 +11,15 @@ class ReplayBuffer:
 
     _FIELDS = ("states", "actions", "rewards", "next_states", "coefs", "next_coefs")
 
-    def __init__(self, capacity: int, state_dim: int, action_dim: int, reward_dim: int,
-                 device: torch.device | str = "cpu", coef_dim: int = 0):
+    def __init__(
+        self,
+        capacity: int,
+        state_dim: int,
+        action_dim: int,
+        reward_dim: int,
+        device: torch.device | str = "cpu",
+        coef_dim: int = 0,
+    ):
         self.capacity = capacity
         self.device = torch.device(device)
         self.states = torch.zeros(capacity, state_dim, device=self.device)
@@ -27,8 +34,15 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self.size
 
-    def add(self, s: torch.Tensor, a: torch.Tensor, r: torch.Tensor, s2: torch.Tensor,
-            c: torch.Tensor | None = None, c2: torch.Tensor | None = None) -> None:
+    def add(
+        self,
+        s: torch.Tensor,
+        a: torch.Tensor,
+        r: torch.Tensor,
+        s2: torch.Tensor,
+        c: torch.Tensor | None = None,
+        c2: torch.Tensor | None = None,
+    ) -> None:
         i = self.cursor
         if self.coefs.shape[1]:
             self.coefs[i] = c.to(self.device, torch.float32)
@@ -51,13 +65,19 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict:
         n = self.size
-        return {"capacity": self.capacity, "size": n, "cursor": self.cursor,
-                **{name: getattr(self, name)[:n].cpu().clone() for name in self._FIELDS}}
+        return {
+            "capacity": self.capacity,
+            "size": n,
+            "cursor": self.cursor,
+            **{name: getattr(self, name)[:n].cpu().clone() for name in self._FIELDS},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state["capacity"] != self.capacity:
-            raise ValueError(f"replay buffer capacity changed: checkpoint {state['capacity']}, "
-                             f"config acodm.agent.buffer_size={self.capacity}")
+            raise ValueError(
+                f"replay buffer capacity changed: checkpoint {state['capacity']}, "
+                f"config acodm.agent.buffer_size={self.capacity}"
+            )
         n = state["size"]
         self.size, self.cursor = n, state["cursor"]
         for name in self._FIELDS:

@@ -14,7 +14,6 @@ depends on the weights.
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Callable, Sequence
 
 import torch
@@ -28,9 +27,17 @@ from ..runtime import MixingRuntime
 logger = logging.getLogger(__name__)
 
 
-def build_domain_datasets(cfg: ACODMConfig, num_samples: int, seq_len: int, seed: int, tokenizer,
-                          split: str = "train", is_built_on_rank: Callable[[], bool] = lambda: True,
-                          path_to_cache: str | None = None, **gpt_kwargs) -> list | None:
+def build_domain_datasets(
+    cfg: ACODMConfig,
+    num_samples: int,
+    seq_len: int,
+    seed: int,
+    tokenizer,
+    split: str = "train",
+    is_built_on_rank: Callable[[], bool] = lambda: True,
+    path_to_cache: str | None = None,
+    **gpt_kwargs,
+) -> list | None:
     """One megatron-core ``GPTDataset`` per domain, in ``cfg.domains`` order.
 
     ``num_samples``: sequences the run will draw in this split in total; domain d is sized for
@@ -55,8 +62,14 @@ def build_domain_datasets(cfg: ACODMConfig, num_samples: int, seq_len: int, seed
             raise ConfigError(f"acodm.domains[{i}].{key}: required to build the {split} datasets")
         blend = [([prefix], None), None, None] if split == "train" else [None, ([prefix], None), None]
         sizes = [size, 0, 0] if split == "train" else [0, size, 0]
-        config = GPTDatasetConfig(random_seed=seed, sequence_length=seq_len, blend_per_split=blend,
-                                  tokenizer=tokenizer, path_to_cache=path_to_cache, **kwargs)
+        config = GPTDatasetConfig(
+            random_seed=seed,
+            sequence_length=seq_len,
+            blend_per_split=blend,
+            tokenizer=tokenizer,
+            path_to_cache=path_to_cache,
+            **kwargs,
+        )
         built = BlendedMegatronDatasetBuilder(GPTDataset, sizes, is_built_on_rank, config).build()
         ds = built[0 if split == "train" else 1]
         if not is_built_on_rank():
@@ -94,8 +107,12 @@ class DynamicBlendedIterator(PlanIterator):
     no look-ahead (see :class:`~neox_acodm.runtime.PlanIterator`). Use with Megatron's
     ``--dataloader-type external``."""
 
-    def __init__(self, dataset: DynamicBlendedDataset, runtime: MixingRuntime,
-                 collate: Callable[[list[dict]], dict] = default_collate):
+    def __init__(
+        self,
+        dataset: DynamicBlendedDataset,
+        runtime: MixingRuntime,
+        collate: Callable[[list[dict]], dict] = default_collate,
+    ):
         if runtime.cursors is None or list(runtime.cursors.sizes) != dataset.sizes:
             raise ValueError("MixingRuntime must be built with dataset_sizes=DynamicBlendedDataset.sizes")
         super().__init__(runtime, lambda d, idx: collate([dataset[(d, i)] for i in idx]))

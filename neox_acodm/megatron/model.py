@@ -54,11 +54,13 @@ class GlobalLayerView:
                 new = name
                 for local, glob in renames:
                     if name == local or name.startswith(local + "."):
-                        new = glob + name[len(local):]
+                        new = glob + name[len(local) :]
                         break
                 if new in seen and new:
-                    raise ValueError(f"GlobalLayerView: two modules map to {new!r}; the model's "
-                                     f"layers carry no distinct layer_number")
+                    raise ValueError(
+                        f"GlobalLayerView: two modules map to {new!r}; the model's "
+                        f"layers carry no distinct layer_number"
+                    )
                 seen.add(new)
                 yield new, mod
 

@@ -30,6 +30,8 @@ The data come from ``acodm.domains`` (``train_path``/``valid_path`` prefixes), n
 * The wheel ships the dataset helpers prebuilt but no Makefile, and Megatron's
   ``initialize`` runs ``make`` on rank 0 and exits when it fails. The build is skipped when the
   prebuilt helpers import.
+
+Every wrapper of Megatron-LM code lives in :mod:`neox_acodm.patches.megatron_training`.
 """
 
 from __future__ import annotations
@@ -38,119 +40,79 @@ import importlib
 import logging
 import sys
 
-
 from ..config import ACODMConfig, ConfigError, load_config
+from ..mixers import requirements
+from ..patches.megatron_training import compile_helpers_patch, megatron_patches
 from .session import MegatronMixingSession
 
 logger = logging.getLogger(__name__)
+
+_COMPILE_HELPERS = compile_helpers_patch()
 
 
 def add_acodm_args(parser):
     """Megatron ``extra_args_provider``: the ``--acodm-config`` flag."""
     group = parser.add_argument_group("acodm", "AC-ODM online data mixing (neox_acodm)")
-    group.add_argument("--acodm-config", type=str, required=True,
-                       help="YAML file with an acodm: block (domains with train_path/valid_path, "
-                            "mixer, agent, reward); see the neox_acodm README")
+    group.add_argument(
+        "--acodm-config",
+        type=str,
+        required=True,
+        help="YAML file with an acodm: block (domains with train_path/valid_path, "
+        "mixer, agent, reward); see docs/megatron.md of neox_acodm",
+    )
     return parser
 
 
 def guard_compile_helpers() -> None:
     """Skip ``compile_helpers()`` (``make -C``) when megatron-core's prebuilt helpers import."""
-    from megatron.core.datasets import utils as dataset_utils
-
-    original = dataset_utils.compile_helpers
-    if getattr(original, "_acodm_guard", False):
-        return
-
-    def compile_helpers():
-        try:
-            importlib.import_module("megatron.core.datasets.helpers_cpp")
-        except ImportError:
-            return original()
-        logger.info("acodm: megatron-core dataset helpers are prebuilt; skipping compile_helpers()")
-
-    compile_helpers._acodm_guard = True
-    dataset_utils.compile_helpers = compile_helpers
+    _COMPILE_HELPERS.apply()
 
 
 def check_args(args, cfg: ACODMConfig) -> None:
     """Reject Megatron flags the mixing cannot honour; each message names the flag and the fix."""
     errors = []
     if args.data_path or args.train_data_path or args.valid_data_path or args.test_data_path:
-        errors.append("--data-path/--train-data-path/--valid-data-path/--test-data-path: the data come "
-                      "from acodm.domains (train_path/valid_path); remove these flags")
+        errors.append(
+            "--data-path/--train-data-path/--valid-data-path/--test-data-path: the data come "
+            "from acodm.domains (train_path/valid_path); remove these flags"
+        )
     if getattr(args, "data_args_path", None) or getattr(args, "per_split_data_args_path", None):
         errors.append("--data-args-path/--per-split-data-args-path: the data come from acodm.domains")
     if args.mock_data or getattr(args, "sft", False) or getattr(args, "fim_data", False):
         errors.append("--mock-data/--sft/--fim-data: AC-ODM mixes GPT pretraining datasets only")
     if args.dataloader_type != "external":
-        errors.append(f"--dataloader-type {args.dataloader_type}: the mixing iterator is an external "
-                      f"loader; drop the flag (it defaults to external here)")
+        errors.append(
+            f"--dataloader-type {args.dataloader_type}: the mixing iterator is an external "
+            f"loader; drop the flag (it defaults to external here)"
+        )
     if args.rampup_batch_size:
         errors.append("--rampup-batch-size: the plan needs a fixed number of micro-batches per step")
     if args.context_parallel_size > 1:
         errors.append("--context-parallel-size > 1 is not supported by neox_acodm yet")
     # fused wgrad accumulation is kept: the session switches it off on the observed modules only
     if getattr(args, "phase_transition_iterations", None):
-        errors.append("--phase-transition-iterations: a phase restart re-counts each phase's samples "
-                      "from zero and expects a new --data-path blend; the mixer owns the data order "
-                      "(export the weights with `neox-acodm export-schedule` for phased runs); remove it")
+        errors.append(
+            "--phase-transition-iterations: a phase restart re-counts each phase's samples "
+            "from zero and expects a new --data-path blend; the mixer owns the data order "
+            "(export the weights with `neox-acodm export-schedule` for phased runs); remove it"
+        )
     if getattr(args, "sequence_packing_scheduler", None):
-        errors.append(f"--sequence-packing-scheduler {args.sequence_packing_scheduler}: it moves samples "
-                      f"across data-parallel ranks, so a micro-batch no longer holds one planned domain; "
-                      f"remove it")
-    if cfg.needs_rewards and args.calculate_per_token_loss:
-        errors.append("--calculate-per-token-loss: rewards are defined on per-micro-batch mean "
-                      "losses; remove the flag")
+        errors.append(
+            f"--sequence-packing-scheduler {args.sequence_packing_scheduler}: it moves samples "
+            f"across data-parallel ranks, so a micro-batch no longer holds one planned domain; "
+            f"remove it"
+        )
+    if requirements(cfg).gram and args.calculate_per_token_loss:
+        errors.append("--calculate-per-token-loss: rewards are defined on per-micro-batch mean losses; remove the flag")
     if not args.train_iters:
         errors.append("--train-iters is required (the agent's schedule and the dataset sizes use it)")
     if errors:
         raise ConfigError("neox_acodm.megatron.pretrain_gpt: " + "; ".join(errors))
 
 
-def megatron_patches(session: MegatronMixingSession) -> list:
-    """The wrappers of Megatron-LM's module globals (``megatron.training.training``), in the
-    same :class:`~neox_acodm.patches._registry.Patch` registry the NeoX adapter uses."""
-    from ..patches._registry import MEGATRON_VERIFIED, Patch
-
-    def wrap_setup(setup_orig):
-        def setup_model_and_optimizer(*a, **kw):
-            model, optimizer, scheduler = setup_orig(*a, **kw)
-            session.setup(model, optimizer)
-            return model, optimizer, scheduler
-        return setup_model_and_optimizer
-
-    def wrap_step(step_orig):
-        def train_step(*a, **kw):
-            result = step_orig(*a, **kw)
-            # train_step returns (loss_dict, skipped_iter, ...): an overflow step updates no mixer
-            skipped = (isinstance(result, tuple) and len(result) > 1 and isinstance(result[1], (bool, int))
-                       and bool(result[1]))
-            session.end_step(skipped=skipped)
-            return result
-        return train_step
-
-    def wrap_save(save_orig):
-        def save_checkpoint(iteration, *a, **kw):
-            out = save_orig(iteration, *a, **kw)
-            session.save(iteration)
-            return out
-        return save_checkpoint
-
-    from .validation import EVAL_PRINT_PARAMS, EVALUATE_PARAMS
-
-    mod, val = "megatron.training.training", session.validation
-    # setup_model_and_optimizer: the wrapper passes every argument through and reads only the
-    # returned (model, optimizer, scheduler); core_r0.19 swapped its first two parameters
-    return [Patch(f"{mod}:setup_model_and_optimizer", wrap_setup, MEGATRON_VERIFIED),
-            Patch(f"{mod}:train_step", wrap_step, MEGATRON_VERIFIED, ("forward_step_func", "data_iterator", "model", "optimizer")),
-            Patch(f"{mod}:save_checkpoint", wrap_save, MEGATRON_VERIFIED, ("iteration", "model", "optimizer")),
-            Patch(f"{mod}:evaluate_and_print_results", val.wrap_evaluate_and_print, MEGATRON_VERIFIED, EVAL_PRINT_PARAMS),
-            Patch(f"{mod}:evaluate", val.wrap_evaluate, MEGATRON_VERIFIED, EVALUATE_PARAMS)]
-
-
 def install(session: MegatronMixingSession) -> list:
-    """Apply :func:`megatron_patches`; returns them (``remove()`` reverts each)."""
+    """Apply the Megatron-LM wrappers (:func:`neox_acodm.patches.megatron_training.megatron_patches`)
+    for ``session``; returns them (``remove()`` reverts each)."""
     patches = megatron_patches(session)
     for p in patches:
         p.apply()
@@ -164,21 +126,25 @@ def main(argv: list[str] | None = None) -> None:
         upstream = importlib.import_module("pretrain_gpt")
     except ModuleNotFoundError as e:
         if e.name in ("pretrain_gpt", "model_provider", "gpt_builders"):
-            raise SystemExit("neox_acodm.megatron.pretrain_gpt: Megatron-LM's pretrain_gpt.py is not "
-                             "importable; put your Megatron-LM checkout (the release matching your "
-                             "megatron-core) on PYTHONPATH") from None
+            raise SystemExit(
+                "neox_acodm.megatron.pretrain_gpt: Megatron-LM's pretrain_gpt.py is not "
+                "importable; put your Megatron-LM checkout (the release matching your "
+                "megatron-core) on PYTHONPATH"
+            ) from None
         raise
     from megatron.core.enums import ModelType
     from megatron.training import argument_utils, inprocess_restart, pretrain
     from megatron.training.arguments import parse_and_validate_args
 
     if not hasattr(argument_utils, "pretrain_cfg_container_from_args"):
-        raise SystemExit("neox_acodm.megatron.pretrain_gpt supports megatron-core >= 0.19 "
-                         "(pretrain() taking a config container)")
+        raise SystemExit(
+            "neox_acodm.megatron.pretrain_gpt supports megatron-core >= 0.19 (pretrain() taking a config container)"
+        )
     guard_compile_helpers()
-    args = parse_and_validate_args(extra_args_provider=add_acodm_args,
-                                   args_defaults={"tokenizer_type": "GPT2BPETokenizer",
-                                                  "dataloader_type": "external"})
+    args = parse_and_validate_args(
+        extra_args_provider=add_acodm_args,
+        args_defaults={"tokenizer_type": "GPT2BPETokenizer", "dataloader_type": "external"},
+    )
     cfg = load_config(args.acodm_config)
     check_args(args, cfg)
     if not logging.getLogger().handlers:
@@ -191,8 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     run, store = inprocess_restart.maybe_wrap_for_inprocess_restart(pretrain)
     model_cfg = argument_utils.gpt_config_from_args(args)
     full_config = argument_utils.pretrain_cfg_container_from_args(args, model_cfg)
-    run(full_config, provider, ModelType.encoder_or_decoder, session.forward_step, store=store,
-        get_embedding_ranks=getattr(upstream, "get_embedding_ranks", None))
+    run(
+        full_config,
+        provider,
+        ModelType.encoder_or_decoder,
+        session.forward_step,
+        store=store,
+        get_embedding_ranks=getattr(upstream, "get_embedding_ranks", None),
+    )
 
 
 if __name__ == "__main__":

@@ -42,11 +42,14 @@ def megatron_layout() -> ParallelLayout:
     from megatron.core import mpu
 
     tp, pp = mpu.get_tensor_model_parallel_world_size(), mpu.get_pipeline_model_parallel_world_size()
-    return ParallelLayout(dp_size=mpu.get_data_parallel_world_size(), dp_rank=mpu.get_data_parallel_rank(),
-                          dp_group=mpu.get_data_parallel_group(),
-                          partial_sum_group=mpu.get_tensor_model_parallel_group() if tp > 1 else None,
-                          pipe_group=mpu.get_pipeline_model_parallel_group() if pp > 1 else None,
-                          comm_device=torch.device("cuda", torch.cuda.current_device()))
+    return ParallelLayout(
+        dp_size=mpu.get_data_parallel_world_size(),
+        dp_rank=mpu.get_data_parallel_rank(),
+        dp_group=mpu.get_data_parallel_group(),
+        partial_sum_group=mpu.get_tensor_model_parallel_group() if tp > 1 else None,
+        pipe_group=mpu.get_pipeline_model_parallel_group() if pp > 1 else None,
+        comm_device=torch.device("cuda", torch.cuda.current_device()),
+    )
 
 
 class MegatronMixingSession(MixingSession):
@@ -66,21 +69,28 @@ class MegatronMixingSession(MixingSession):
     @staticmethod
     def _args():
         from megatron.training import get_args
+
         return get_args()
 
     def _is_data_rank(self) -> bool:
         from megatron.core import mpu
         from megatron.training.utils import is_first_or_last_pipeline_stage
+
         return mpu.get_tensor_model_parallel_rank() == 0 and is_first_or_last_pipeline_stage(None)
 
     def _tokenizer(self, args):
         from megatron.core.tokenizers.utils.build_tokenizer import build_tokenizer
+
         return build_tokenizer(args)
 
     def _gpt_kwargs(self, args) -> dict:
-        return dict(reset_position_ids=args.reset_position_ids, reset_attention_mask=args.reset_attention_mask,
-                    eod_mask_loss=args.eod_mask_loss, mmap_bin_files=args.mmap_bin_files,
-                    create_attention_mask=args.create_attention_mask_in_dataloader)
+        return dict(
+            reset_position_ids=args.reset_position_ids,
+            reset_attention_mask=args.reset_attention_mask,
+            eod_mask_loss=args.eod_mask_loss,
+            mmap_bin_files=args.mmap_bin_files,
+            create_attention_mask=args.create_attention_mask_in_dataloader,
+        )
 
     def state_path(self, root: str, iteration: int) -> str:
         return os.path.join(root, "acodm", f"iter_{iteration:07d}.pt")
@@ -91,27 +101,49 @@ class MegatronMixingSession(MixingSession):
 
         args = self._args()
         datasets = build_domain_datasets(
-            self.cfg, num_samples=args.train_iters * args.global_batch_size, seq_len=args.seq_length,
-            seed=args.seed, tokenizer=self._tokenizer(args), split="train",
-            is_built_on_rank=self._is_data_rank, path_to_cache=args.data_cache_path, **self._gpt_kwargs(args))
+            self.cfg,
+            num_samples=args.train_iters * args.global_batch_size,
+            seq_len=args.seq_length,
+            seed=args.seed,
+            tokenizer=self._tokenizer(args),
+            split="train",
+            is_built_on_rank=self._is_data_rank,
+            path_to_cache=args.data_cache_path,
+            **self._gpt_kwargs(args),
+        )
         blended = DynamicBlendedDataset(datasets) if datasets is not None else None
         view = GlobalLayerView(model_chunks)
         self.rt = MixingRuntime(
-            self.cfg, layout=megatron_layout(), dataset_sizes=blended.sizes if blended is not None else None,
-            grad_accum=get_num_microbatches(), micro_batch=args.micro_batch_size,
-            total_steps=args.train_iters, model=view)
+            self.cfg,
+            layout=megatron_layout(),
+            dataset_sizes=blended.sizes if blended is not None else None,
+            grad_accum=get_num_microbatches(),
+            micro_batch=args.micro_batch_size,
+            total_steps=args.train_iters,
+            model=view,
+        )
         if self.rt.probe is not None and args.gradient_accumulation_fusion:
             names = unfuse_selected(view, [p.param for p in self.rt.probe.params])
-            logger.info("acodm: fused wgrad accumulation stays on except for the %d observed modules: %s",
-                        len(names), names)
+            logger.info(
+                "acodm: fused wgrad accumulation stays on except for the %d observed modules: %s", len(names), names
+            )
         self.optimizer = optimizer
-        self.sink = MetricsSink(_tensorboard_writer, self.cfg.log_interval, route="broadcast",
-                                group=self.rt.layout.group, is_owner=self.rt.is_owner, timeout=self.rt.timeout)
+        self.sink = MetricsSink(
+            _tensorboard_writer,
+            self.cfg.log_interval,
+            route="broadcast",
+            group=self.rt.layout.group,
+            is_owner=self.rt.is_owner,
+            timeout=self.rt.timeout,
+        )
         self.attach(self.rt)
         if args.load and args.iteration > 0:
-            self.resume(self.state_path(args.load, args.iteration), args.iteration,
-                        "was the checkpoint written by neox_acodm.megatron.pretrain_gpt? Start a new "
-                        "run or copy the matching acodm state there")
+            self.resume(
+                self.state_path(args.load, args.iteration),
+                args.iteration,
+                "was the checkpoint written by neox_acodm.megatron.pretrain_gpt? Start a new "
+                "run or copy the matching acodm state there",
+            )
         elif self.rt.step != args.iteration:
             raise RuntimeError(f"acodm: mixer step {self.rt.step} != Megatron iteration {args.iteration}")
         if blended is not None:
@@ -136,8 +168,9 @@ class MegatronMixingSession(MixingSession):
             # Megatron counts every set's samples in one consumed_valid_samples: each domain's
             # stream read an equal share of it (the same eval_iters per set)
             consumed = (args.consumed_valid_samples or 0) // len(prefixes)
-            valid = DomainIterators([self._valid_iterator(args, p, train_val_test_num_samples[1], consumed)
-                                     for p in prefixes])
+            valid = DomainIterators(
+                [self._valid_iterator(args, p, train_val_test_num_samples[1], consumed) for p in prefixes]
+            )
         elif any(prefixes):
             raise ConfigError("acodm.domains[*].valid_path: give it for every domain or for none")
         return self.train_iter, valid, None
@@ -150,19 +183,29 @@ class MegatronMixingSession(MixingSession):
         from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
         from megatron.training.datasets.data_samplers import MegatronPretrainingSampler
 
-        config = GPTDatasetConfig(random_seed=args.seed, sequence_length=args.seq_length,
-                                  blend_per_split=[None, ([prefix], [1.0]), None], tokenizer=self._tokenizer(args),
-                                  path_to_cache=args.data_cache_path, **self._gpt_kwargs(args))
-        _, valid_ds, _ = BlendedMegatronDatasetBuilder(GPTDataset, [0, num_samples, 0], self._is_data_rank,
-                                                       config).build()
+        config = GPTDatasetConfig(
+            random_seed=args.seed,
+            sequence_length=args.seq_length,
+            blend_per_split=[None, ([prefix], [1.0]), None],
+            tokenizer=self._tokenizer(args),
+            path_to_cache=args.data_cache_path,
+            **self._gpt_kwargs(args),
+        )
+        _, valid_ds, _ = BlendedMegatronDatasetBuilder(
+            GPTDataset, [0, num_samples, 0], self._is_data_rank, config
+        ).build()
         if valid_ds is None:
             return None
         sampler = MegatronPretrainingSampler(
-            total_samples=len(valid_ds), consumed_samples=consumed % len(valid_ds),
-            micro_batch_size=args.micro_batch_size, data_parallel_rank=mpu.get_data_parallel_rank(),
-            data_parallel_size=mpu.get_data_parallel_world_size())
-        return _cyclic(torch.utils.data.DataLoader(valid_ds, batch_sampler=sampler, num_workers=args.num_workers,
-                                                   pin_memory=True))
+            total_samples=len(valid_ds),
+            consumed_samples=consumed % len(valid_ds),
+            micro_batch_size=args.micro_batch_size,
+            data_parallel_rank=mpu.get_data_parallel_rank(),
+            data_parallel_size=mpu.get_data_parallel_world_size(),
+        )
+        return _cyclic(
+            torch.utils.data.DataLoader(valid_ds, batch_sampler=sampler, num_workers=args.num_workers, pin_memory=True)
+        )
 
     # -- forward / loss -----------------------------------------------------------------------
     def forward_step(self, data_iterator, model, return_schedule_plan: bool = False):
@@ -200,8 +243,11 @@ class MegatronMixingSession(MixingSession):
         """``skipped``: Megatron's train_step reported ``skipped_iter`` (fp16 overflow)."""
         metrics = super().end_step(skipped=skipped)
         if self.rt.is_owner and metrics and self.rt.step % self.cfg.log_interval == 0:
-            logger.info("acodm step %d: weights %s", self.rt.step,
-                        " ".join(f"{n}={w:.4f}" for n, w in zip(self.cfg.domain_names, self.rt.weights)))
+            logger.info(
+                "acodm step %d: weights %s",
+                self.rt.step,
+                " ".join(f"{n}={w:.4f}" for n, w in zip(self.cfg.domain_names, self.rt.weights)),
+            )
         return metrics
 
     def save(self, iteration: int) -> None:

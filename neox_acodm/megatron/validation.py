@@ -5,8 +5,9 @@ Megatron-LM (core_r0.19) evaluates a *list* of validation iterators when
 ``lm loss validation-<name>`` for each. Its loader builder refuses several sets without
 ``--full-validation`` (whole sets, which endless per-domain streams are not), so the session
 hands Megatron one :class:`DomainIterators` and the ``evaluate_and_print_results`` wrapper
-expands it: for the call, ``multiple_validation_sets``, ``validation_set_names`` (the domains)
-and per-set ``eval_iters`` are set, and each set's ``lm loss`` is read from ``evaluate``. The
+(:mod:`neox_acodm.patches.megatron_training`) expands it: for the call,
+``multiple_validation_sets``, ``validation_set_names`` (the domains) and per-set
+``eval_iters`` are set, and each set's ``lm loss`` is read from ``evaluate``. The
 perplexities are written on the rank that has Megatron's writer (the last rank, where the
 losses are).
 """
@@ -17,11 +18,10 @@ import logging
 import math
 from collections.abc import Callable
 
-logger = logging.getLogger(__name__)
+from ..metrics import tag
+from ..typed_yaml import ConfigError
 
-#: evaluate_and_print_results / evaluate leading parameters the wrappers rely on
-EVAL_PRINT_PARAMS = ("prefix", "forward_step_func", "data_iterator", "model", "iteration")
-EVALUATE_PARAMS = ("forward_step_func", "data_iterator", "model")
+logger = logging.getLogger(__name__)
 
 
 class DomainIterators:
@@ -35,8 +35,10 @@ class DomainIterators:
         return self
 
     def __next__(self):
-        raise RuntimeError("acodm: the per-domain validation sets are read through neox_acodm's "
-                           "evaluate_and_print_results wrapper, which is not installed")
+        raise RuntimeError(
+            "acodm: the per-domain validation sets are read through neox_acodm's "
+            "evaluate_and_print_results wrapper, which is not installed"
+        )
 
 
 def _domain_sets(data_iterator) -> DomainIterators | None:
@@ -46,18 +48,22 @@ def _domain_sets(data_iterator) -> DomainIterators | None:
 
 def check_validation_args(args, names: list[str]) -> None:
     """Per-domain validation takes ``eval_iters`` batches of each domain's endless stream."""
-    from ..config import ConfigError
-
     if getattr(args, "full_validation", False):
-        raise ConfigError("--full-validation: per-domain validation (acodm.domains[*].valid_path) evaluates "
-                          "eval_iters batches of each domain; remove --full-validation")
+        raise ConfigError(
+            "--full-validation: per-domain validation (acodm.domains[*].valid_path) evaluates "
+            "eval_iters batches of each domain; remove --full-validation"
+        )
     if getattr(args, "multiple_validation_sets", False):
-        raise ConfigError("--multiple-validation-sets: with acodm.domains[*].valid_path the sets are the "
-                          "domains, set up by neox_acodm; remove the flag")
+        raise ConfigError(
+            "--multiple-validation-sets: with acodm.domains[*].valid_path the sets are the "
+            "domains, set up by neox_acodm; remove the flag"
+        )
     given = getattr(args, "validation_set_names", None)
     if given and list(given) != list(names):
-        raise ConfigError(f"--validation-set-names {list(given)}: the sets are acodm's domains {list(names)}; "
-                          f"drop the flag or list the domains in order")
+        raise ConfigError(
+            f"--validation-set-names {list(given)}: the sets are acodm's domains {list(names)}; "
+            f"drop the flag or list the domains in order"
+        )
 
 
 _SET_ARGS = ("multiple_validation_sets", "validation_set_names", "eval_iters")
@@ -70,11 +76,16 @@ class DomainValidation:
     writer: ``() -> write(tag, value, step) | None`` (Megatron's writer, on the last rank).
     """
 
-    def __init__(self, names: list[str], writer: Callable[[], Callable[[str, float, int], None] | None],
-                 get_args: Callable | None = None):
+    def __init__(
+        self,
+        names: list[str],
+        writer: Callable[[], Callable[[str, float, int], None] | None],
+        get_args: Callable | None = None,
+    ):
         self.names, self.writer = list(names), writer
         self.get_args = get_args
         self._losses: list[float | None] | None = None
+        self._saved: dict = {}
 
     def record(self, result) -> None:
         """``evaluate``'s return value ``(total_loss_dict, non_loss_data, timelimit)``."""
@@ -93,41 +104,45 @@ class DomainValidation:
         out["val_ppl/avg"] = sum(out.values()) / len(self.names)
         return out
 
-    def wrap_evaluate_and_print(self, original):
-        val = self
+    def begin(self, data_iterator) -> list | None:
+        """Before Megatron's ``evaluate_and_print_results``: the per-domain iterators to evaluate
+        as Megatron's validation sets (args set for the call), or None when ``data_iterator``
+        is not ours (it is then evaluated as it is)."""
+        sets = _domain_sets(data_iterator)
+        if sets is None:
+            return None
+        args = self._args()
+        self._saved = {k: getattr(args, k, None) for k in _SET_ARGS}
+        args.multiple_validation_sets, args.validation_set_names = True, list(self.names)
+        n = self._saved["eval_iters"]
+        args.eval_iters = list(n) if isinstance(n, (list, tuple)) else [n] * len(self.names)
+        self._losses = []
+        return [_rerun(s) for s in sets.iterators]
 
-        def evaluate_and_print_results(prefix, forward_step_func, data_iterator, model, iteration, *a, **kw):
-            sets = _domain_sets(data_iterator)
-            if sets is None:
-                return original(prefix, forward_step_func, data_iterator, model, iteration, *a, **kw)
-            args = val._args()
-            saved = {k: getattr(args, k, None) for k in _SET_ARGS}
-            args.multiple_validation_sets, args.validation_set_names = True, list(val.names)
-            n = saved["eval_iters"]
-            args.eval_iters = list(n) if isinstance(n, (list, tuple)) else [n] * len(val.names)
-            val._losses = []
-            try:
-                out = original(prefix, forward_step_func, [_rerun(s) for s in sets.iterators], model,
-                               iteration, *a, **kw)
-            finally:
-                losses, val._losses = val._losses, None
-                for k, v in saved.items():
-                    setattr(args, k, v)
-            metrics = val.ppl(losses)
-            write = val.writer() if metrics else None
-            if write is not None:
-                from ..metrics import tag
+    def end(self) -> list[float | None]:
+        """After the call (also on failure): restores the args, returns each set's loss."""
+        losses, self._losses = self._losses, None
+        args = self._args()
+        for k, v in self._saved.items():
+            setattr(args, k, v)
+        return losses or []
 
-                for key, value in metrics.items():
-                    write(tag(key), value, iteration)
-                flush = getattr(getattr(write, "__self__", None), "flush", None)
-                if callable(flush):  # the last evaluation runs right before the process exits
-                    flush()
-                logger.info("acodm per-domain validation ppl at iteration %d | %s", iteration,
-                            " | ".join(f"{k.split('/', 1)[1]}: {v:.3f}" for k, v in metrics.items()))
-            return out
-
-        return evaluate_and_print_results
+    def publish(self, losses: list[float | None], iteration: int) -> None:
+        """Write ``val_ppl/*`` on the rank that has Megatron's writer, flush it, log one line."""
+        metrics = self.ppl(losses)
+        write = self.writer() if metrics else None
+        if write is None:
+            return
+        for key, value in metrics.items():
+            write(tag(key), value, iteration)
+        flush = getattr(getattr(write, "__self__", None), "flush", None)
+        if callable(flush):  # the last evaluation runs right before the process exits
+            flush()
+        logger.info(
+            "acodm per-domain validation ppl at iteration %d | %s",
+            iteration,
+            " | ".join(f"{k.split('/', 1)[1]}: {v:.3f}" for k, v in metrics.items()),
+        )
 
     def _args(self):
         if self.get_args is not None:
@@ -135,16 +150,6 @@ class DomainValidation:
         from megatron.training import get_args
 
         return get_args()
-
-    def wrap_evaluate(self, original):
-        val = self
-
-        def evaluate(forward_step_func, data_iterator, model, *a, **kw):
-            out = original(forward_step_func, data_iterator, model, *a, **kw)
-            val.record(out)
-            return out
-
-        return evaluate
 
 
 def _rerun(iterator):

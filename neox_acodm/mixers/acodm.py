@@ -20,53 +20,91 @@ import numpy as np
 import torch
 
 from ..agent import DDPGAgent
+from ..agent.config import AgentConfig
+from ..checkpoint import atomic_save
 from ..checkpoint import load as load_state_file
-from ..config import ACODMConfig
+from ..config_sections import ODMConfig, ProxyConfig, RewardConfig, StateConfig
 from ..rewards import RewardEMA, paper_alignment, reference_reward, zscore
 from ..state import StateBuilder, state_dim
-from .base import Mixer, StepStats
-from .gram import gram_estimate, update_estimate
+from .base import Block, Mixer, Requirements, StepStats
+from .feed import gram_estimate, update_estimate
 from .odm import ODMMixer
 
 logger = logging.getLogger(__name__)
 
 
 class ACODMMixer(Mixer):
-    needs_norms = True
+    """``metric_weights``: [K] the domains' metric weights (the ``aligned`` reward's c);
+    ``num_norm_layers``: L, the norm-feature layers of the state; ``seed``: the block's seed."""
 
-    def __init__(self, initial_weights: np.ndarray, cfg: ACODMConfig, num_norm_layers: int,
-                 total_steps: int, device: torch.device | str = "cpu"):
+    learns_policy = True
+
+    @classmethod
+    def requirements(cls, block: Block) -> Requirements:
+        if block.proxy.role == "target":  # a frozen policy: no reward, no gradient capture
+            return Requirements(norms=True)
+        lagged = block.reward.mode == "aligned" and block.reward.self_term == "lagged"
+        return Requirements(gram=True, lagged_gram=lagged, norms=True)
+
+    @classmethod
+    def inactive_warning(cls, block: Block, total_steps: int) -> str | None:
+        if block.proxy.role != "target" and block.agent.warmup_steps >= total_steps:
+            return (
+                f"acodm.agent.warmup_steps={block.agent.warmup_steps} >= the run's {total_steps} "
+                f"steps: the actor never chooses the weights in this run"
+            )
+        return None
+
+    def __init__(
+        self,
+        initial_weights: np.ndarray,
+        *,
+        agent: AgentConfig,
+        reward: RewardConfig,
+        state: StateConfig,
+        proxy: ProxyConfig,
+        odm: ODMConfig,
+        metric_weights,
+        seed: int,
+        num_norm_layers: int,
+        total_steps: int,
+        device: torch.device | str = "cpu",
+    ):
         super().__init__(initial_weights)
-        self.cfg = cfg
-        k = cfg.num_domains
-        self.target = cfg.proxy.role == "target"
-        self.needs_gram = not self.target
-        self.vector = cfg.reward.mode == "reference"
-        self.aligned = cfg.reward.mode == "aligned"
-        extra = k if cfg.state.include_reward else 0
-        self.state = StateBuilder(k, num_norm_layers, total_steps, cfg.state.normalize, extra)
-        self.agent = DDPGAgent(cfg.agent, state_dim(k, num_norm_layers, extra), k,
-                               reward_dim=k if self.vector else 1,
-                               total_updates=max(1, total_steps * cfg.agent.updates_per_step),
-                               seed=cfg.seed, device=device,
-                               prior=torch.as_tensor(self.initial, dtype=torch.float32))
-        self.reward_ema = RewardEMA(k, cfg.reward.ema, cfg.reward.importance_correction, cfg.reward.clip)
-        self.gram_est = gram_estimate(cfg) if self.aligned else None
+        self.agent_cfg, self.reward_cfg, self.state_cfg, self.proxy = agent, reward, state, proxy
+        k = self.initial.size
+        self.target = proxy.role == "target"
+        self.vector = reward.mode == "reference"
+        self.aligned = reward.mode == "aligned"
+        extra = k if state.include_reward else 0
+        self.state = StateBuilder(k, num_norm_layers, total_steps, state.normalize, extra)
+        self.agent = DDPGAgent(
+            agent,
+            state_dim(k, num_norm_layers, extra),
+            k,
+            reward_dim=k if self.vector else 1,
+            total_updates=max(1, total_steps * agent.updates_per_step),
+            seed=seed,
+            device=device,
+            prior=torch.as_tensor(self.initial, dtype=torch.float32),
+        )
+        self.reward_ema = RewardEMA(k, reward.ema, reward.importance_correction, reward.clip)
+        self.gram_est = gram_estimate(reward, metric_weights) if self.aligned else None
         # the known reward coefficient [K] at the current state (decomposed objective / state)
         self.coef = torch.zeros(k, dtype=torch.float32)
         self.prev_coef: torch.Tensor | None = None
-        self.warmup_odm = (ODMMixer(initial_weights, cfg.odm)
-                           if cfg.agent.warmup_policy == "odm" else None)
-        self.noise = torch.Generator().manual_seed(cfg.seed + 2)
+        self.warmup_odm = ODMMixer(initial_weights, odm) if agent.warmup_policy == "odm" else None
+        self.noise = torch.Generator().manual_seed(seed + 2)
         self.prev_state: torch.Tensor | None = None
         self.last_reward = None if self.target else np.zeros(k)
         if self.target:
-            path = cfg.proxy.policy_path
+            path = proxy.policy_path
             try:
                 policy = load_state_file(path)
             except FileNotFoundError:
-                raise FileNotFoundError(f"acodm.proxy.policy_path: {path} does not exist; run the "
-                                        f"source run (proxy.role: source) first") from None
+                raise FileNotFoundError(
+                    f"acodm.proxy.policy_path: {path} does not exist; run the source run (proxy.role: source) first"
+                ) from None
             self.agent.load_policy(policy, freeze=True)
             logger.info("AC-ODM proxy target: loaded frozen policy from %s", path)
 
@@ -74,14 +112,14 @@ class ACODMMixer(Mixer):
     def _reward(self, stats: StepStats) -> torch.Tensor:
         present = torch.as_tensor(stats.present)
         if self.vector:
-            r = reference_reward(torch.from_numpy(stats.gram), self.cfg.reward.clip, present)
+            r = reference_reward(torch.from_numpy(stats.gram), self.reward_cfg.clip, present)
             self.last_reward = r.numpy().astype(np.float64)
             return r
         if self.aligned:
             rhat = update_estimate(self.gram_est, stats)
             self.coef = zscore(rhat.float())
         else:
-            w = paper_alignment(torch.from_numpy(stats.gram), present, self.cfg.reward.clip)
+            w = paper_alignment(torch.from_numpy(stats.gram), present, self.reward_cfg.clip)
             rhat = self.reward_ema.update(w, torch.as_tensor(stats.probs), present)
             self.coef = rhat.float()
         self.last_reward = rhat.numpy().astype(np.float64)
@@ -92,7 +130,7 @@ class ACODMMixer(Mixer):
         if std <= 0:
             return base
         noise = torch.randn(base.size, generator=self.noise, dtype=torch.float64).numpy()
-        if self.cfg.agent.noise_space == "log":
+        if self.agent_cfg.noise_space == "log":
             w = np.maximum(base, 1e-12) * np.exp(std * noise)
             return w / w.sum()
         w = np.clip(base + std * noise, 0.0, None)
@@ -103,7 +141,7 @@ class ACODMMixer(Mixer):
         self.prev_state = None
 
     def update(self, stats: StepStats) -> np.ndarray:
-        cfg = self.cfg
+        cfg = self.agent_cfg
         norms = torch.zeros(self.state.l) if stats.norms is None else torch.from_numpy(stats.norms)
         upd = torch.zeros(self.state.l) if stats.update_norms is None else torch.from_numpy(stats.update_norms)
         metrics: dict[str, float] = {}
@@ -113,14 +151,26 @@ class ACODMMixer(Mixer):
                 raise RuntimeError("AC-ODM needs the per-domain gradient Gram (stats.gram is None)")
             reward = self._reward(stats)
             metrics["reward"] = float(reward.mean())
-        s_next = self.state.build(stats.step + 1, torch.as_tensor(stats.loss), torch.as_tensor(stats.counts),
-                                  norms, upd, extra=self.coef if self.cfg.state.include_reward else None)
+        s_next = self.state.build(
+            stats.step + 1,
+            torch.as_tensor(stats.loss),
+            torch.as_tensor(stats.counts),
+            norms,
+            upd,
+            extra=self.coef if self.state_cfg.include_reward else None,
+        )
         if reward is not None:
             if self.prev_state is not None:
-                self.agent.observe(self.prev_state, torch.as_tensor(stats.weights, dtype=torch.float32),
-                                   reward, s_next, self.prev_coef, self.coef)
-            if len(self.agent.replay) >= cfg.agent.batch_size:
-                for _ in range(cfg.agent.updates_per_step):
+                self.agent.observe(
+                    self.prev_state,
+                    torch.as_tensor(stats.weights, dtype=torch.float32),
+                    reward,
+                    s_next,
+                    self.prev_coef,
+                    self.coef,
+                )
+            if len(self.agent.replay) >= cfg.batch_size:
+                for _ in range(cfg.updates_per_step):
                     out = self.agent.update()
                     if out:
                         metrics.update(out)
@@ -128,15 +178,15 @@ class ACODMMixer(Mixer):
                 behaviour = self.warmup_odm.update(stats)
         self.prev_state = s_next
         self.prev_coef = self.coef.clone()
-        in_warmup = not self.target and stats.step + 1 < cfg.agent.warmup_steps
+        in_warmup = not self.target and stats.step + 1 < cfg.warmup_steps
         if in_warmup:
             if self.warmup_odm is not None:
                 weights = behaviour
             else:
-                weights = self._noisy(self.initial, cfg.agent.warmup_noise_std)
+                weights = self._noisy(self.initial, cfg.warmup_noise_std)
         else:
             policy = self.agent.act(s_next).numpy().astype(np.float64)
-            weights = policy if self.target else self._noisy(policy, cfg.agent.exploration_std)
+            weights = policy if self.target else self._noisy(policy, cfg.exploration_std)
         metrics["warmup"] = float(in_warmup)
         self.last_metrics = metrics
         return weights
@@ -144,19 +194,20 @@ class ACODMMixer(Mixer):
     # ---------------------------------------------------------------------------------------
     def export_policy(self, path: str) -> None:
         """Write the actor for a proxy target run (atomic)."""
-        from ..checkpoint import atomic_save
-
         atomic_save(self.agent.policy_state_dict(), path)
 
     def state_dict(self) -> dict:
         return {
-            "agent": self.agent.state_dict(), "state": self.state.state_dict(),
+            "agent": self.agent.state_dict(),
+            "state": self.state.state_dict(),
             "reward_ema": self.reward_ema.state_dict(),
             "warmup_odm": self.warmup_odm.state_dict() if self.warmup_odm else None,
-            "noise": self.noise.get_state(), "prev_state": self.prev_state,
+            "noise": self.noise.get_state(),
+            "prev_state": self.prev_state,
             "last_reward": None if self.last_reward is None else self.last_reward.tolist(),
             "gram_est": self.gram_est.state_dict() if self.gram_est is not None else None,
-            "coef": self.coef.clone(), "prev_coef": self.prev_coef,
+            "coef": self.coef.clone(),
+            "prev_coef": self.prev_coef,
         }
 
     def load_state_dict(self, state: dict) -> None:

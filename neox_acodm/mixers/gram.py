@@ -16,32 +16,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..config import ACODMConfig
+from ..config_sections import GramMixerConfig
 from ..rewards import GramEstimate, zscore
-from .base import Mixer, StepStats
-
-
-def gram_estimate(cfg: ACODMConfig) -> GramEstimate:
-    """The ``aligned`` Gram estimate configured by ``cfg.reward`` and the metric weights."""
-    return GramEstimate(cfg.num_domains, cfg.reward.ema, cfg.reward.self_term,
-                        [d.metric_weight for d in cfg.domains], cfg.reward.clip)
-
-
-def inclusion_of(stats: StepStats, n: int | None = None) -> np.ndarray:
-    """[K] P(domain present) of the step: the plan's, else 1 - (1 - p)^n from i.i.d. draws."""
-    if stats.inclusion is not None:
-        return np.asarray(stats.inclusion, dtype=np.float64)
-    n = int(np.sum(stats.counts)) if n is None else n
-    return 1.0 - (1.0 - np.asarray(stats.probs, dtype=np.float64)) ** max(n, 1)
-
-
-def update_estimate(est: GramEstimate, stats: StepStats) -> torch.Tensor:
-    """Feed one step into ``est``; returns rhat [K] float64."""
-    if stats.gram is None:
-        raise RuntimeError("this mixer needs the per-domain gradient Gram (stats.gram is None)")
-    return est.update(torch.from_numpy(stats.gram), torch.as_tensor(stats.present),
-                      torch.as_tensor(inclusion_of(stats)),
-                      None if stats.lagged_gram is None else torch.from_numpy(stats.lagged_gram))
+from .base import Block, Mixer, Requirements, StepStats
+from .feed import update_estimate
 
 
 def gibbs(prior: np.ndarray, rhat: torch.Tensor, eta: float) -> np.ndarray:
@@ -53,19 +31,23 @@ def gibbs(prior: np.ndarray, rhat: torch.Tensor, eta: float) -> np.ndarray:
 
 
 class GramSoftmaxMixer(Mixer):
-    needs_gram = True
+    """``estimate``: the shared Gram estimate (:func:`~neox_acodm.mixers.feed.gram_estimate`)."""
 
-    def __init__(self, initial_weights: np.ndarray, cfg: ACODMConfig):
+    @classmethod
+    def requirements(cls, block: Block) -> Requirements:
+        return Requirements(gram=True, lagged_gram=block.reward.self_term == "lagged")
+
+    def __init__(self, initial_weights: np.ndarray, estimate: GramEstimate, gram: GramMixerConfig):
         super().__init__(initial_weights)
-        self.cfg = cfg
-        self.estimate = gram_estimate(cfg)
+        self.gram = gram
+        self.estimate = estimate
 
     def update(self, stats: StepStats) -> np.ndarray:
         rhat = update_estimate(self.estimate, stats)
         self.last_reward = rhat.numpy().copy()
-        if stats.step + 1 < self.cfg.gram.warmup_steps:
+        if stats.step + 1 < self.gram.warmup_steps:
             return self.initial
-        return gibbs(self.initial, rhat, self.cfg.gram.eta)
+        return gibbs(self.initial, rhat, self.gram.eta)
 
     def state_dict(self) -> dict:
         return {"estimate": self.estimate.state_dict()}

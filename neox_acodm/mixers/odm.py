@@ -17,8 +17,8 @@ import math
 
 import numpy as np
 
-from ..config import ODMConfig
-from .base import Mixer, StepStats
+from ..config_sections import ODMConfig
+from .base import Block, Mixer, StepStats
 
 
 def exploration_eps(num_domains: int, t: int) -> float:
@@ -29,6 +29,15 @@ def exploration_eps(num_domains: int, t: int) -> float:
 
 
 class ODMMixer(Mixer):
+    @classmethod
+    def inactive_warning(cls, block: Block, total_steps: int) -> str | None:
+        if block.odm.warmup_steps >= total_steps:
+            return (
+                f"acodm.odm.warmup_steps={block.odm.warmup_steps} >= the run's {total_steps} steps: "
+                f"ODM never moves the weights in this run"
+            )
+        return None
+
     def __init__(self, initial_weights: np.ndarray, cfg: ODMConfig):
         super().__init__(initial_weights)
         self.cfg = cfg
@@ -47,13 +56,13 @@ class ODMMixer(Mixer):
         pi = np.asarray(stats.probs, dtype=np.float64)
         if cfg.variant == "paper":
             est = loss / np.maximum(pi, 1e-12)
-            self.reward = np.where(present, cfg.smoothing * self.reward + (1 - cfg.smoothing) * est,
-                                   self.reward)
+            self.reward = np.where(present, cfg.smoothing * self.reward + (1 - cfg.smoothing) * est, self.reward)
         elif cfg.variant == "exp3":
             self.reward = self.reward + np.where(present, loss / np.maximum(pi, 1e-12), 0.0)
         else:  # smoothed_mean
-            self.reward = np.where(present, cfg.smoothing * self.reward
-                                   + (1 - cfg.smoothing) * np.exp(loss), self.reward)
+            self.reward = np.where(
+                present, cfg.smoothing * self.reward + (1 - cfg.smoothing) * np.exp(loss), self.reward
+            )
         self.t += 1
         prev_eps, self.eps = self.eps, exploration_eps(k, self.t)
         if cfg.variant == "smoothed_mean":

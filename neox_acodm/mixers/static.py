@@ -9,6 +9,9 @@ from .base import Mixer, StepStats
 
 
 class StaticMixer(Mixer):
+    chooses_weights = False
+    replays_schedule = True
+
     def __init__(self, initial_weights: np.ndarray, schedule=None):
         super().__init__(initial_weights)
         self.schedule = schedule

@@ -1,25 +1,33 @@
-"""GPT-NeoX adapter.
+"""GPT-NeoX adapter: the session (:mod:`.session`), the integration of one ``pretrain`` call
+(:mod:`.integration`) and :func:`activate`.
 
-``import neox_acodm.neox`` at the top of NeoX's ``train.py``/``deepy.py`` activates the plugin
-explicitly (the alternative to the ``.pth`` hook from ``neox-acodm install-hook``). Activation
-installs a post-import hook on ``megatron.neox_arguments.arguments`` (the ``acodm`` argument)
-and ``megatron.training`` (the ``pretrain`` gate). Nothing else is patched unless the YAML has
-an ``acodm:`` block. ``NEOX_ACODM_DISABLE=1`` turns it off.
+Importing this package changes nothing. :func:`activate` installs a post-import hook on
+``megatron.neox_arguments.arguments`` (the ``acodm`` argument) and ``megatron.training`` (the
+``pretrain`` gate); nothing else is patched unless the YAML has an ``acodm:`` block. Call it
+from NeoX's ``train.py``/``deepy.py`` (``import neox_acodm.neox; neox_acodm.neox.activate()``),
+or let the ``.pth`` start-up hook of ``neox-acodm install-hook`` call it in every interpreter.
+``NEOX_ACODM_DISABLE=1`` turns it off.
 """
 
 from __future__ import annotations
 
 import os
 
+__all__ = ["activate"]
+
+
+def _on_training_import(module) -> None:
+    """``megatron.training`` was imported: install the ``pretrain`` gate (heavy imports wait until now)."""
+    from .integration import install_gate
+
+    install_gate()
+
 
 def activate() -> bool:
     """Install the NeoX import hook (idempotent). Returns False when disabled by env."""
     if os.environ.get("NEOX_ACODM_DISABLE") == "1":
         return False
-    from neox_acodm.patches import _hook, neox_args, neox_training
+    from neox_acodm.patches import hook, neox_args, neox_training
 
-    _hook.install({neox_args.TARGET: neox_args.apply, neox_training.TARGET: neox_training.apply})
+    hook.install({neox_args.TARGET: neox_args.apply, neox_training.TARGET: _on_training_import})
     return True
-
-
-activate()

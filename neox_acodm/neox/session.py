@@ -48,27 +48,49 @@ def neox_layout(mpu) -> ParallelLayout:
     """The layout of this rank from GPT-NeoX's ``megatron.mpu`` (owner: global rank 0)."""
     tp, pp = mpu.get_model_parallel_world_size(), mpu.get_pipe_parallel_world_size()
     comm = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
-    return ParallelLayout(dp_size=mpu.get_data_parallel_world_size(), dp_rank=mpu.get_data_parallel_rank(),
-                          dp_group=mpu.get_data_parallel_group(),
-                          partial_sum_group=mpu.get_model_parallel_group() if tp > 1 else None,
-                          pipe_group=mpu.get_pipe_parallel_group() if pp > 1 else None, comm_device=comm)
+    return ParallelLayout(
+        dp_size=mpu.get_data_parallel_world_size(),
+        dp_rank=mpu.get_data_parallel_rank(),
+        dp_group=mpu.get_data_parallel_group(),
+        partial_sum_group=mpu.get_model_parallel_group() if tp > 1 else None,
+        pipe_group=mpu.get_pipe_parallel_group() if pp > 1 else None,
+        comm_device=comm,
+    )
 
 
 class DeepSpeedMixingSession(MixingSession):
     """Per-process glue between a DeepSpeed engine and the mixing runtime."""
 
-    def __init__(self, cfg: ACODMConfig, engine, *, datasets: Sequence | None, layout: ParallelLayout,
-                 grad_accum: int, micro_batch: int, total_steps: int,
-                 collate: Callable[[list], dict] = default_collate, sink: MetricsSink | None = None):
+    def __init__(
+        self,
+        cfg: ACODMConfig,
+        engine,
+        *,
+        datasets: Sequence | None,
+        layout: ParallelLayout,
+        grad_accum: int,
+        micro_batch: int,
+        total_steps: int,
+        collate: Callable[[list], dict] = default_collate,
+        sink: MetricsSink | None = None,
+    ):
         super().__init__(cfg, grad_scale=self._grad_scale, sink=sink)
         self.engine = engine
         self.datasets = list(datasets) if datasets is not None else None
         self.collate = collate
         module = getattr(engine, "module", engine)
         # every stage scales its captured gradients the same way from the first step on
-        self.attach(MixingRuntime(
-            cfg, layout=layout, dataset_sizes=[len(d) for d in self.datasets] if self.datasets is not None else None,
-            grad_accum=grad_accum, micro_batch=micro_batch, total_steps=total_steps, model=module))
+        self.attach(
+            MixingRuntime(
+                cfg,
+                layout=layout,
+                dataset_sizes=[len(d) for d in self.datasets] if self.datasets is not None else None,
+                grad_accum=grad_accum,
+                micro_batch=micro_batch,
+                total_steps=total_steps,
+                model=module,
+            )
+        )
 
     def _grad_scale(self) -> float:
         """``grad_accum / loss_scale``: undoes DeepSpeed's scaling of the hooked gradients."""

@@ -103,8 +103,14 @@ if os.environ.get("MEGATRON_CPU_SHIM") == "1" and torch is not None:
 
     cuda.current_device = _current_device
     cuda.device_count = _device_count
-    for name in ("set_device", "synchronize", "empty_cache", "manual_seed", "manual_seed_all",
-                 "reset_peak_memory_stats"):
+    for name in (
+        "set_device",
+        "synchronize",
+        "empty_cache",
+        "manual_seed",
+        "manual_seed_all",
+        "reset_peak_memory_stats",
+    ):
         setattr(cuda, name, _returning(None))
     cuda.get_rng_state = _get_rng_state
     cuda.set_rng_state = _set_rng_state
@@ -124,7 +130,7 @@ if os.environ.get("MEGATRON_CPU_SHIM") == "1" and torch is not None:
     cuda.get_device_capability = _returning((9, 0))
     cuda.get_device_name = _returning("cpu (shim)")
 
-    from neox_acodm.patches import _hook
+    from neox_acodm.patches import hook as _hook
 
     def _allow_no_cuda(training):
         original = training.initialize_megatron
@@ -144,5 +150,4 @@ if os.environ.get("MEGATRON_CPU_SHIM") == "1" and torch is not None:
 
         random._get_cuda_rng_state, random._set_cuda_rng_state = get_state, set_state
 
-    _hook.install({"megatron.training.training": _allow_no_cuda,
-                   "megatron.core.tensor_parallel.random": _cpu_rng})
+    _hook.install({"megatron.training.training": _allow_no_cuda, "megatron.core.tensor_parallel.random": _cpu_rng})

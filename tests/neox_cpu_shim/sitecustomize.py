@@ -15,7 +15,9 @@ if os.environ.get("NEOX_CPU_SHIM") == "1":
     if torch is not None:
         # "devices" of this node: its local ranks (deepspeed.launcher.launch sets LOCAL_SIZE), so
         # NeoX's rank % device_count == local_rank holds on every node of a multi-node job
-        world = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE", "1"))
+        world = int(
+            os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE", "1")
+        )
         cuda = torch.cuda
 
         # one distinct function per torch.cuda name: torch.compile/dynamo asserts when several
@@ -78,7 +80,7 @@ if os.environ.get("NEOX_CPU_SHIM") == "1":
 
             training.initialize_megatron = initialize_megatron
 
-        from neox_acodm.patches import _hook
+        from neox_acodm.patches import hook as _hook
 
         _hook.install({"megatron.training": _allow_no_cuda})
 
@@ -92,8 +94,7 @@ if os.environ.get("NEOX_CPU_SHIM") == "1":
             def _trace(record):
                 rank = os.environ.get("RANK", "?")
                 with open(os.path.join(trace_dir, f"rank{rank}.jsonl"), "a") as f:
-                    f.write(json.dumps({"rank": int(rank), "node": os.environ.get("ACODM_NODE", "?"),
-                                        **record}) + "\n")
+                    f.write(json.dumps({"rank": int(rank), "node": os.environ.get("ACODM_NODE", "?"), **record}) + "\n")
 
             def _trace_session(session_mod):
                 end_step = session_mod.MixingSession.end_step
