@@ -77,49 +77,20 @@ def test_bad_schedules_are_clear_errors(tmp_path, text, match):
         tiny_cfg("odm", schedule_path=str(p))
 
 
+def _export(*args: str) -> subprocess.CompletedProcess:
+    """``neox-acodm export-schedule ARGS`` in a fresh interpreter."""
+    cmd = [sys.executable, "-m", "neox_acodm.tools.cli", "export-schedule", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
 def test_export_schedule_cli_from_a_report(tmp_path):
     report = {"domains": ["a", "b"], "runs": {"m": {"1": {"weights_curve": [[0.5, 0.5], [0.25, 0.75], [0.25, 0.75]]}}}}
     (tmp_path / "report.json").write_text(json.dumps(report))
     out = tmp_path / "s.yml"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "neox_acodm.tools.cli",
-            "export-schedule",
-            "--report",
-            str(tmp_path / "report.json"),
-            "--mixer",
-            "m",
-            "--seed",
-            "1",
-            "--out",
-            str(out),
-            "--megatron",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    res = _export("--report", tmp_path / "report.json", "--mixer", "m", "--seed", 1, "--out", out, "--megatron")
     assert res.returncode == 0, res.stderr
     assert load_schedule(out).starts == (0, 1) and res.stdout.splitlines()[1] == "1\t--data-path 0.25 a 0.75 b"
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "neox_acodm.tools.cli",
-            "export-schedule",
-            "--report",
-            str(tmp_path / "report.json"),
-            "--mixer",
-            "nope",
-            "--seed",
-            "1",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    bad = _export("--report", tmp_path / "report.json", "--mixer", "nope", "--seed", 1, "--out", out)
     assert bad.returncode == 2 and "no weights for mixer 'nope'" in bad.stderr
 
 
@@ -141,35 +112,9 @@ def test_export_schedule_from_a_runs_tensorboard_events(tmp_path):
     assert domains == ["a", "b"] and history.shape == (7, 2)
     assert np.allclose(history[:4], [0.25, 0.75]) and np.allclose(history[4:], [0.5, 0.5])
     out = tmp_path / "s.yml"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "neox_acodm.tools.cli",
-            "export-schedule",
-            "--run",
-            str(tmp_path / "tb"),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    res = _export("--run", tmp_path / "tb", "--out", out)
     assert res.returncode == 0, res.stderr
     sched = load_schedule(out, ("a", "b"))
     assert sched.starts == (0, 4) and np.allclose(sched.weights_at(5), [0.5, 0.5])
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "neox_acodm.tools.cli",
-            "export-schedule",
-            "--run",
-            str(tmp_path / "nothing"),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    bad = _export("--run", tmp_path / "nothing", "--out", out)
     assert bad.returncode == 2 and "no weights to export" in bad.stderr
