@@ -101,7 +101,7 @@ setup(
         # GPT-NeoX path and its CPU tests (install with DS_BUILD_OPS=0 on machines without CUDA)
         "neox": ["deepspeed>=0.14"],
         # neox-acodm report: TensorBoard's event reader and the plots
-        "report": ["tensorboard", "matplotlib"],
+        "report": ["tensorboard", "matplotlib", "google-crc32c"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -35,6 +35,7 @@ from .config_sections import (
 from .domain_files import include_domains
 from .mixers import MIXERS, check_block
 from .presets import PRESETS, apply_preset
+from .schedule import resolve_schedule_path
 from .typed_yaml import ConfigError, build, field, load_yaml, reference_rows, to_plain
 
 #: the ``acodm.mixer`` values (the mixer factory's names)
@@ -182,10 +183,15 @@ class ACODMConfig:
 
 def parse_config(block: Any, path: str = "acodm", base_dir: str | Path | None = None) -> ACODMConfig:
     """Parse the ``acodm:`` mapping (already loaded from YAML/JSON) into :class:`ACODMConfig`.
-    ``base_dir``: where a relative ``domains: <file>`` is looked up first."""
+    ``base_dir``: where a relative ``domains: <file>`` or ``schedule_path`` is looked up first;
+    a schedule is read and validated here, so a bad one fails at ``check-config``."""
     if isinstance(block, ACODMConfig):
         return block
-    return build(ACODMConfig, apply_preset(include_domains(block, path, base_dir), path), path)
+    cfg = build(ACODMConfig, apply_preset(include_domains(block, path, base_dir), path), path)
+    if cfg.schedule_path is not None:
+        found = resolve_schedule_path(cfg.schedule_path, base_dir, cfg.domain_names, f"{path}.schedule_path")
+        cfg = dataclasses.replace(cfg, schedule_path=found)
+    return cfg
 
 
 def load_config(file: str | Path) -> ACODMConfig:

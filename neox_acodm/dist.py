@@ -9,6 +9,7 @@ rank that died or skipped a call fails the job instead of leaving the others wai
 
 from __future__ import annotations
 
+import atexit
 import datetime
 from dataclasses import dataclass
 
@@ -25,6 +26,40 @@ class RemoteFailure(RuntimeError):
     """Another rank failed inside a plugin operation; the message is that rank's error."""
 
 
+#: set when a plugin collective timed out: its work stays queued in the process group, whose
+#: teardown at interpreter exit would then block until the group's own timeout (30 min)
+_TIMED_OUT = False
+
+
+def timed_out() -> bool:
+    """True once a plugin collective of this process has timed out."""
+    return _TIMED_OUT
+
+
+def _exit_promptly() -> None:
+    """Last at-exit step (registered at import, so the writers' own handlers ran before it):
+    after a collective timeout, end the process without tearing down the stuck process group."""
+    if _TIMED_OUT:
+        import os
+        import sys
+
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(1)
+
+
+atexit.register(_exit_promptly)
+
+
+def _timeout(message: str) -> CollectiveTimeout:
+    global _TIMED_OUT
+    _TIMED_OUT = True
+    return CollectiveTimeout(message)
+
+
 def _wait(work, timeout: float | None, what: str) -> None:
     if timeout is None:
         work.wait()
@@ -32,13 +67,13 @@ def _wait(work, timeout: float | None, what: str) -> None:
     try:
         ok = work.wait(timeout=datetime.timedelta(seconds=timeout))
     except RuntimeError as e:
-        raise CollectiveTimeout(
+        raise _timeout(
             f"acodm: {what} did not complete within {timeout:g} s "
             f"(acodm.collective_timeout_s): another rank failed or never "
             f"reached it ({str(e).splitlines()[0]})"
         ) from None
     if ok is False:
-        raise CollectiveTimeout(f"acodm: {what} did not complete within {timeout:g} s (acodm.collective_timeout_s)")
+        raise _timeout(f"acodm: {what} did not complete within {timeout:g} s (acodm.collective_timeout_s)")
 
 
 def _all_reduce(t: torch.Tensor, group, timeout: float | None, what: str, op=dist.ReduceOp.SUM) -> None:

@@ -118,6 +118,10 @@ def validate_global(state: Any, header: Header, path: str) -> None:
             f"{path}: acodm state has schema version {state['version']!r}, this "
             f"neox_acodm reads {checkpoint.SCHEMA_VERSION}"
         )
+    if not isinstance(state["domains"], list) or not all(isinstance(d, str) for d in state["domains"]):
+        raise CheckpointError(f"{path}: domains must be a list of domain names, got {state['domains']!r:.200}")
+    if not isinstance(state["mixer_kind"], str):
+        raise CheckpointError(f"{path}: mixer_kind must be a mixer name, got {state['mixer_kind']!r:.200}")
     if list(state["domains"]) != list(header.domains):
         raise CheckpointError(
             f"acodm checkpoint domains {state['domains']} differ from the "
@@ -160,8 +164,19 @@ def _stage_global(parts: Parts, state: dict, path: str):
 
 
 def _stage_local(parts: Parts, header: Header, state: dict, path: str):
+    """The owner's parts: each one this run holds must be present and fit (checked before the
+    agreement, so a bad part fails the load on every rank with nothing applied)."""
+    needed = {"mixer": parts.mixer, "norms": parts.norms, "probe": parts.lagged_probe}
+    missing = [k for k, part in needed.items() if part is not None and state.get(k) is None]
+    if missing:
+        raise CheckpointError(
+            f"{path}: the state lacks {missing}, which this run's {header.mixer_kind} mixer needs; "
+            f"resume with the acodm block the run was saved with"
+        )
+    if parts.mixer is not None and not isinstance(state["mixer"], dict):
+        raise CheckpointError(f"{path}: mixer state must be a mapping, got {type(state['mixer']).__name__}")
     mixer = None
-    if parts.mixer is not None and state.get("mixer") is not None:
+    if parts.mixer is not None:
         check_finite(state["mixer"], f"{path}: mixer")
         mixer = copy.deepcopy(parts.mixer)
         try:
@@ -179,10 +194,19 @@ def _stage_local(parts: Parts, header: Header, state: dict, path: str):
     return mixer
 
 
-def load(path: str, header: Header, parts: Parts, layout: ParallelLayout, timeout: float, is_owner: bool) -> Staged:
-    """Collective over ``layout.group``; see the module docstring. Returns what to apply."""
-    error, state, mixer = None, None, None
-    if is_owner:
+def load(
+    path: str,
+    header: Header,
+    parts: Parts,
+    layout: ParallelLayout,
+    timeout: float,
+    is_owner: bool,
+    refused: BaseException | None = None,
+) -> Staged:
+    """Collective over ``layout.group``; see the module docstring. Returns what to apply.
+    ``refused``: this rank cannot load now (e.g. mid-step); every rank then raises."""
+    error, state, mixer = refused, None, None
+    if is_owner and refused is None:
         try:
             state = checkpoint.load(path)
             validate_global(state, header, path)

@@ -144,8 +144,15 @@ class GradientProbe:
     def check_state(self, state, path: str) -> None:
         from .checkpoint import CheckpointError
 
-        prev = state.get("prev_mean") if isinstance(state, dict) else None
-        if prev is not None and (not isinstance(prev, torch.Tensor) or prev.shape != self.buffer.shape):
+        if not isinstance(state, dict) or set(state) != {"prev_mean"}:
+            raise CheckpointError(
+                f"{path}: probe state must be a mapping with prev_mean, got "
+                f"{sorted(state) if isinstance(state, dict) else type(state).__name__}"
+            )
+        prev = state["prev_mean"]
+        if prev is not None and (
+            not isinstance(prev, torch.Tensor) or not prev.is_floating_point() or prev.shape != self.buffer.shape
+        ):
             raise CheckpointError(
                 f"{path}: saved lagged gradients have shape {getattr(prev, 'shape', prev)}, "
                 f"this run captures {tuple(self.buffer.shape)} (acodm.reward changed?)"

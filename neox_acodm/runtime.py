@@ -37,6 +37,8 @@ __all__ = ["MixingRuntime", "ParallelLayout"]
 
 logger = logging.getLogger(__name__)
 
+_MID_STEP_LOAD = "acodm state loaded in the middle of a step; load before the first micro-batch or after end_step()"
+
 
 class MixingRuntime:
     """Plans each step's data, captures per-domain gradients, reduces step statistics, runs
@@ -274,7 +276,8 @@ class MixingRuntime:
     def load(self, path: str) -> None:
         """Collective: the owner reads and validates ``path``; nothing changes on any rank
         unless every rank could stage the state, and every rank raises the same error."""
-        staged = persist.load(path, self._header(), self._parts(), self.layout, self.timeout, self.is_owner)
+        refused = RuntimeError(_MID_STEP_LOAD) if self.in_step else None
+        staged = persist.load(path, self._header(), self._parts(), self.layout, self.timeout, self.is_owner, refused)
         self.step, self.skipped_steps = staged.step, staged.skipped_steps
         self.weights = staged.weights
         if staged.cursors is not None:

@@ -78,14 +78,27 @@ class ParamNorms:
         """Raise CheckpointError unless ``state`` fits these norm layers."""
         from .checkpoint import CheckpointError
 
-        prev = state.get("prev_norms") if isinstance(state, dict) else None
-        if prev is not None and (not isinstance(prev, torch.Tensor) or tuple(prev.shape) != (self.num_layers,)):
+        if not isinstance(state, dict) or set(state) != {"prev_norms", "prev_weights"}:
+            raise CheckpointError(
+                f"{path}: norm state must be a mapping of prev_norms and prev_weights, got "
+                f"{sorted(state) if isinstance(state, dict) else type(state).__name__}"
+            )
+        prev = state["prev_norms"]
+        if prev is not None and (
+            not isinstance(prev, torch.Tensor)
+            or not prev.is_floating_point()
+            or tuple(prev.shape) != (self.num_layers,)
+        ):
             raise CheckpointError(
                 f"{path}: norm state is for {getattr(prev, 'shape', prev)} layers, "
                 f"this run has {self.num_layers} (acodm.state.norm_params changed?)"
             )
-        pw = state.get("prev_weights") if isinstance(state, dict) else None
-        if pw and [tuple(w.shape) for w in pw] != [tuple(p.param.shape) for p in self.params]:
+        pw = state["prev_weights"]
+        if pw is not None and (
+            not isinstance(pw, list)
+            or not all(isinstance(w, torch.Tensor) and w.is_floating_point() for w in pw)
+            or [tuple(w.shape) for w in pw] != [tuple(p.param.shape) for p in self.params]
+        ):
             raise CheckpointError(
                 f"{path}: saved norm-layer weight copies do not match this model's "
                 f"selected layers (acodm.state.norm_params or the model changed)"

@@ -199,7 +199,10 @@ def load_yaml(raw: bytes | str, source: str) -> Any:
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: invalid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+        raise ConfigError(f"{source}: invalid YAML{where}: {what or str(e).splitlines()[0]}") from None
     except RecursionError:
         raise ConfigError(f"{source}: the YAML nests too deeply to be a config") from None
 

@@ -80,6 +80,10 @@ def _destroy_process_group() -> None:
     try:
         import torch.distributed as dist
 
+        from neox_acodm.dist import timed_out
+
+        if timed_out():  # a stuck collective: the process ends without tearing the group down
+            return
         # gloo only: NCCL communicators with work in flight may block at shutdown
         if dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo":
             dist.destroy_process_group()

@@ -96,11 +96,24 @@ def test_activation_is_import_cheap_and_switchable():
 
 
 def test_install_hook_writes_and_removes_pth(tmp_path):
+    from neox_acodm.tools.cli import PTH_LINE
+
     cmd = [sys.executable, "-m", "neox_acodm.tools.cli", "install-hook", "--site", str(tmp_path)]
     assert subprocess.run(cmd, capture_output=True).returncode == 0
-    assert (tmp_path / "neox_acodm.pth").read_text() == "import neox_acodm._bootstrap\n"
-    assert subprocess.run(cmd + ["--remove"], capture_output=True).returncode == 0
+    assert (tmp_path / "neox_acodm.pth").read_text() == PTH_LINE
+    # the line activates the hook where neox_acodm imports, and is silent where it does not
+    # (uninstalled before `install-hook --remove`): no traceback at every Python start
+    probe = f"import sys; exec({PTH_LINE!r}); print('neox_acodm._bootstrap' in sys.modules)"
+    for flags, expect in (([], "True"), (["-S"], "False")):  # -S: no site-packages, as if uninstalled
+        res = subprocess.run([sys.executable, *flags, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+        assert (res.returncode, res.stdout.strip(), res.stderr) == (0, expect, ""), res
+    removed = subprocess.run(cmd + ["--remove"], capture_output=True, text=True)
+    assert removed.returncode == 0 and "removed" in removed.stderr
     assert not (tmp_path / "neox_acodm.pth").exists()
+    again = subprocess.run(cmd + ["--remove"], capture_output=True, text=True)
+    assert again.returncode == 0 and "nothing to remove" in again.stderr
+    missing = subprocess.run(cmd[:-1] + [str(tmp_path / "nope")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "--site" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_patches_folder_is_installed_as_neox_acodm_patches():

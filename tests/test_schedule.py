@@ -117,4 +117,4 @@ def test_export_schedule_from_a_runs_tensorboard_events(tmp_path):
     sched = load_schedule(out, ("a", "b"))
     assert sched.starts == (0, 4) and np.allclose(sched.weights_at(5), [0.5, 0.5])
     bad = _export("--run", tmp_path / "nothing", "--out", out)
-    assert bad.returncode == 2 and "no weights to export" in bad.stderr
+    assert bad.returncode == 2 and "--run" in bad.stderr and "no such directory" in bad.stderr

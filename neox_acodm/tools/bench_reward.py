@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import statistics
-import sys
 import time
 
 import torch
@@ -185,8 +183,6 @@ def measure_train_step(
 
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench-reward: --device cuda but torch sees no GPU")
     backends = ["torch", "ext"] if args.backend == "both" else [args.backend]
     report = {"copy_gbps": copy_gbps(device), "matmul_gflops": matmul_gflops(device), "results": []}
     for p in args.P:
@@ -213,69 +209,3 @@ def run(args: argparse.Namespace) -> dict:
         )
         report["step"] = st
     return report
-
-
-def _print_table(rep: dict) -> None:
-    out = sys.stdout
-    out.write(f"copy bandwidth {rep['copy_gbps']:.1f} GB/s, fp32 matmul {rep['matmul_gflops']:.1f} GFLOP/s\n")
-    out.write(
-        f"{'op':<12}{'backend':<8}{'dev':<5}{'D':>4}{'P':>11}{'k':>7}{'dtype':>10}"
-        f"{'ms':>10}{'GB/s':>8}{'GFLOP/s':>9}{'%copy':>7}{'%mm':>6}\n"
-    )
-    for r in rep["results"]:
-        out.write(
-            f"{r['op']:<12}{r['backend']:<8}{r['device']:<5}{r['D']:>4}{r['P']:>11}"
-            f"{r['k'] or '':>7}{r['dtype']:>10}{r['ms']:>10.3f}{r['gbps']:>8.1f}{r['gflops']:>9.1f}"
-            f"{100 * r['gbps'] / rep['copy_gbps']:>7.0f}{100 * r['gflops'] / rep['matmul_gflops']:>6.0f}\n"
-        )
-    out.write("\nreward buffer footprint (3 MLP out-projections, paper selection):\n")
-    for f in rep["footprint"]:
-        out.write(
-            f"  {f['model']:<14} P={f['P'] / 1e6:6.1f}M  dense {f['dense_bytes'] / 2**30:6.2f} GiB"
-            f"  sketch {f['sketch_bytes'] / 2**20:6.2f} MiB\n"
-        )
-    if "step" in rep:
-        s = rep["step"]
-        out.write(
-            f"\ntrain step {s['model']} (b={s['batch']}, T={s['seq']}): {s['step_ms']:.1f} ms/micro-step; "
-            f"reward path per step (G={s['grad_accum']}): dense {s['reward_dense_ms']:.1f} ms "
-            f"({100 * s['reward_to_step_dense']:.2f}%), sketch {s['reward_sketch_ms']:.1f} ms "
-            f"({100 * s['reward_to_step_sketch']:.2f}%)\n"
-        )
-
-
-def main(args: argparse.Namespace) -> int:
-    rep = run(args)
-    if args.json:
-        sys.stdout.write(json.dumps(rep) + "\n")
-    else:
-        _print_table(rep)
-    return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser(
-        "bench-reward",
-        help="time the reward kernels (torch vs extension)",
-        description="Example: neox-acodm bench-reward --D 22 --P 4194304 --device cuda --step-model 410m",
-    )
-    p.add_argument("--D", type=int, default=22, help="domains")
-    p.add_argument("--P", type=int, nargs="+", default=[4_194_304], help="selected elements (several allowed)")
-    p.add_argument("--k", type=int, default=16384, help="count-sketch width")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="gradient dtype")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--backend", choices=["torch", "ext", "both"], default="both")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--step-model", default=None, help=f"also time a training step: {list(PYTHIA)} or LxH")
-    p.add_argument("--step-batch", type=int, default=1)
-    p.add_argument("--step-seq", type=int, default=256)
-    p.add_argument("--step-repeats", type=int, default=3)
-    p.add_argument(
-        "--step-autocast",
-        choices=[d for d in DTYPES if d != "float32"],
-        default=None,
-        help="run the timed step under autocast to this dtype",
-    )
-    p.add_argument("--grad-accum", type=int, default=8, help="micro-batches per step for the ratio")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.set_defaults(func=main)

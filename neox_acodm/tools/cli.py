@@ -8,7 +8,10 @@ import logging
 import sys
 
 from neox_acodm._logging import setup_cli_logging
+from neox_acodm.checkpoint import CheckpointError
 from neox_acodm.config import ConfigError, config_reference, load_config
+
+from .args import UsageError
 
 logger = logging.getLogger("neox_acodm.cli")
 
@@ -37,7 +40,12 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 PTH_NAME = "neox_acodm.pth"
-PTH_LINE = "import neox_acodm._bootstrap\n"
+#: a .pth line is executed at every interpreter start: it must stay silent when neox_acodm was
+#: uninstalled without ``install-hook --remove`` (no traceback at every Python start)
+PTH_LINE = (
+    "import importlib.util as _u; _u.find_spec('neox_acodm') is not None "
+    "and __import__('neox_acodm._bootstrap'); del _u\n"
+)
 
 
 def _install_hook(args: argparse.Namespace) -> int:
@@ -45,13 +53,19 @@ def _install_hook(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     site = Path(args.site or sysconfig.get_paths()["purelib"])
+    if not site.is_dir():
+        raise UsageError(f"--site {site}: no such directory; give this environment's site-packages")
     pth = site / PTH_NAME
     if args.remove:
-        if pth.exists():
-            pth.unlink()
+        if not pth.exists():
+            sys.stderr.write(f"nothing to remove: {pth} does not exist (the hook was not installed there)\n")
+            return 0
+        pth.unlink()
         sys.stderr.write(f"removed {pth}\n")
         return 0
-    pth.write_text(PTH_LINE)
+    tmp = pth.with_name(PTH_NAME + ".tmp")
+    tmp.write_text(PTH_LINE)
+    tmp.replace(pth)
     sys.stderr.write(
         f"wrote {pth}: every Python of this environment (deepy.py and each launched rank) "
         f"now activates neox_acodm's lazy GPT-NeoX hook; NEOX_ACODM_DISABLE=1 turns it off\n"
@@ -68,8 +82,15 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the flag and the fix), not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="neox-acodm", description=__doc__)
+    p = _Parser(prog="neox-acodm", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--version", action="version", version=f"neox-acodm {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -99,16 +120,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _subcommand_registrars():
     """Subcommands defined next to their implementation."""
-    from . import bench_reward, export, report
+    from . import bench_reward_cmd, export, report
     from .benchmix import commands
 
-    return [export.register, bench_reward.register, commands.register, report.register]
+    return [export.register, bench_reward_cmd.register, commands.register, report.register]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every subcommand under one discipline: a bad input is ``error: ...`` (one to three lines)
+    and exit 2; anything unexpected is one line with a hint to rerun with ``-v`` (exit 1)."""
     args = build_parser().parse_args(argv)
     setup_cli_logging(logging.DEBUG if args.verbose else logging.INFO)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except (UsageError, ConfigError, CheckpointError, FileNotFoundError) as e:
+        logger.debug("%s failed", args.command, exc_info=True)
+        sys.stderr.write(f"error: {_first_lines(e)}\n")
+        return 2
+    except Exception as e:  # noqa: BLE001 - the last resort: one line, the traceback with -v
+        if args.verbose:
+            raise
+        sys.stderr.write(
+            f"error: neox-acodm {args.command} failed: {type(e).__name__}: {_first_lines(e, 1)} "
+            f"(run `neox-acodm -v {args.command} ...` for the traceback)\n"
+        )
+        return 1
+
+
+def _first_lines(e: BaseException, n: int = 3) -> str:
+    text = str(e).strip() or type(e).__name__
+    return "\n".join(text.splitlines()[:n])[:1000]
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import numpy as np
 
 from neox_acodm.schedule import Schedule, from_weights
 
+from .args import UsageError, existing_dir, existing_file, new_file, nonneg_int, positive_int
+
 __all__ = ["history_from_run", "register"]
 
 
@@ -46,36 +48,41 @@ def history_from_run(run_dir: str | Path) -> tuple[list[str], np.ndarray]:
 
 
 def _history_from_report(path: str, mixer: str, seed: int) -> tuple[list[str], list]:
-    report = json.loads(Path(path).read_text())
-    run = report["runs"][mixer][str(seed)]
-    return report["domains"], run["weights_curve"][:-1]  # row t = the weights of step t
+    f = existing_file(path, "--report")
+    try:
+        report = json.loads(f.read_text(encoding="utf-8"))
+        run = report["runs"][mixer][str(seed)]
+        domains, curve = report["domains"], run["weights_curve"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path}: no weights for mixer {mixer!r} seed {seed} ({type(e).__name__}: {e})") from None
+    if not isinstance(domains, list) or not isinstance(curve, list) or len(curve) < 2:
+        raise UsageError(f"{path}: no weights for mixer {mixer!r} seed {seed} (domains/weights_curve malformed)")
+    return domains, curve[:-1]  # row t = the weights of step t
 
 
 def _cmd(args: argparse.Namespace) -> int:
     if (args.run is None) == (args.report is None):
-        sys.stderr.write("error: export-schedule needs exactly one of --run DIR and --report FILE\n")
-        return 2
+        raise UsageError("export-schedule needs exactly one of --run DIR and --report FILE")
     if args.report is not None and (args.mixer is None or args.seed is None):
-        sys.stderr.write("error: export-schedule --report needs --mixer and --seed\n")
-        return 2
-    try:
-        if args.run is not None:
+        raise UsageError("export-schedule --report needs --mixer and --seed")
+    out = new_file(args.out)
+    if args.run is not None:
+        existing_dir(args.run, "--run")
+        try:
             domains, history = history_from_run(args.run)
-        else:
-            domains, history = _history_from_report(args.report, args.mixer, args.seed)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        what = (
-            f"{args.run}: no weights to export"
-            if args.run is not None
-            else f"{args.report}: no weights for mixer {args.mixer!r} seed {args.seed}"
-        )
-        sys.stderr.write(f"error: {what} ({type(e).__name__}: {e})\n")
-        return 2
-    sched: Schedule = from_weights(domains, history, every=args.every)
-    sched.save(args.out)
+        except (ValueError, FileNotFoundError) as e:
+            raise UsageError(f"{args.run}: no weights to export ({e})") from None
+    else:
+        domains, history = _history_from_report(args.report, args.mixer, args.seed)
+    try:
+        sched: Schedule = from_weights(domains, history, every=args.every)
+        sched.save(out)  # validated as replay would read it, then written atomically
+    except (ValueError, TypeError) as e:
+        source = args.run if args.run is not None else args.report
+        raise UsageError(f"{source}: these weights cannot become a schedule: {e}") from None
     sys.stderr.write(
-        f"wrote {args.out}: {len(sched.starts)} phases over {len(history)} steps; replay with "
-        f"`mixer: static` and `schedule_path: {args.out}`\n"
+        f"wrote {out}: {len(sched.starts)} phases over {len(history)} steps; replay with "
+        f"`mixer: static` and `schedule_path: {out}`\n"
     )
     if args.megatron:
         for start, blend in zip(sched.starts, sched.megatron_blends()):
@@ -94,8 +101,8 @@ def register(sub) -> None:
     e.add_argument("--run", default=None, help="a run's TensorBoard directory (its acodm/weight/* scalars)")
     e.add_argument("--report", default=None, help="a bench-mix/demo report.json")
     e.add_argument("--mixer", default=None, help="with --report: the mixer")
-    e.add_argument("--seed", type=int, default=None, help="with --report: the seed")
+    e.add_argument("--seed", type=nonneg_int, default=None, help="with --report: the seed")
     e.add_argument("--out", required=True, help="schedule YAML to write")
-    e.add_argument("--every", type=int, default=1, help="average over blocks of N steps (coarser phases)")
+    e.add_argument("--every", type=positive_int, default=1, help="average over blocks of N steps (coarser phases)")
     e.add_argument("--megatron", action="store_true", help="also print one --data-path blend per phase")
     e.set_defaults(func=_cmd)

@@ -41,11 +41,25 @@ class ScenarioDomain:
 
 @dataclass(frozen=True)
 class ModelSize:
-    layers: int = field(2, rng=(1, None, True, None))
-    hidden: int = field(64, rng=(8, None, True, None))
-    heads: int = field(2, rng=(1, None, True, None))
-    seq_len: int = field(64, rng=(8, None, True, None))
-    proxy_hidden: int = field(32, doc="Width of the proxy-source model.", rng=(8, None, True, None))
+    """A Pythia-shaped benchmark model (bounded: bench-mix trains tens of them)."""
+
+    layers: int = field(2, rng=(1, 64, True, True))
+    hidden: int = field(64, rng=(8, 8192, True, True))
+    heads: int = field(2, rng=(1, 128, True, True))
+    seq_len: int = field(64, rng=(8, 8192, True, True))
+    proxy_hidden: int = field(32, doc="Width of the proxy-source model.", rng=(8, 8192, True, True))
+
+    def _check(self, path: str) -> None:
+        proxy_heads = max(1, self.heads // 2)
+        for key, width, heads in (
+            ("hidden", self.hidden, self.heads),
+            ("proxy_hidden", self.proxy_hidden, proxy_heads),
+        ):
+            if width % heads or (width // heads) % 4:
+                raise ConfigError(
+                    f"{path}.{key}: {width} must split into {heads} heads of a size divisible by 4 "
+                    f"(rotary embeddings); e.g. {heads * 4 * max(1, width // (4 * heads))}"
+                )
 
 
 @dataclass(frozen=True)
@@ -67,7 +81,7 @@ class Size:
     valid_tokens: int = field(
         8192, doc="Held-out tokens per domain; every one is evaluated.", rng=(128, None, True, None)
     )
-    vocab: int = field(1024, rng=(256, None, True, None))
+    vocab: int = field(1024, rng=(256, 262144, True, True))
     cap_mb: float = field(2.0, doc="MB of text per corpus domain.", rng=(0.05, None, True, None))
     token_scale: float = field(
         1.0, doc="Multiplier on every domain's train_tokens (small sizes).", rng=(0.0, 1.0, False, True)

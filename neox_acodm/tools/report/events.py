@@ -11,6 +11,9 @@ import numpy as np
 
 from neox_acodm.metrics import FAMILIES, PAIR_FAMILY, PREFIX
 
+from ..args import UsageError
+from .records import scan_event_file
+
 logger = logging.getLogger(__name__)
 
 
@@ -29,6 +32,8 @@ class RunScalars:
 
     source: str
     series: dict[str, Series] = field(default_factory=dict)
+    #: event files that end inside a record (a run in progress): the report covers what they hold
+    cut_short: list[str] = field(default_factory=list)
 
     @property
     def domains(self) -> list[str]:
@@ -74,13 +79,21 @@ def read_run(run_dir: str | os.PathLike) -> RunScalars:
     try:
         from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
     except ImportError as e:
-        raise RuntimeError(
+        raise UsageError(
             "neox-acodm report needs TensorBoard's event reader: pip install 'neox_acodm[report]' (or tensorboard)"
         ) from e
     root = Path(run_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a directory")
-    dirs = sorted({p.parent for p in root.rglob("events.out.tfevents.*")})
+        raise FileNotFoundError(f"{root}: {'is a file, not a directory' if root.exists() else 'no such directory'}")
+    files = sorted(p for p in root.rglob("events.out.tfevents.*") if p.is_file())
+    cut_short = []
+    for f in files:  # corruption is an error naming the file; a cut-short end is a partial report
+        if scan_event_file(f)[1]:
+            cut_short.append(str(f))
+            logger.warning(
+                "report: %s ends inside a record (a run in progress?); the report covers what was written before it", f
+            )
+    dirs = sorted({p.parent for p in files})
     if not dirs:
         raise FileNotFoundError(
             f"{root}: no TensorBoard event files (events.out.tfevents.*) below it; point at the run's tensorboard_dir"
@@ -97,7 +110,7 @@ def read_run(run_dir: str | os.PathLike) -> RunScalars:
                 old = bucket.get(ev.step)
                 if old is None or ev.wall_time >= old[0]:
                     bucket[ev.step] = (ev.wall_time, ev.value)
-    out = RunScalars(str(root))
+    out = RunScalars(str(root), cut_short=cut_short)
     for key, bucket in raw.items():
         steps = np.array(sorted(bucket), dtype=np.int64)
         out.series[key] = Series(

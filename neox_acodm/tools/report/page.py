@@ -6,8 +6,10 @@ import base64
 import datetime
 import html
 import json
+import shutil
 from pathlib import Path
 
+from ..args import UsageError
 from .events import RunScalars, read_run
 from .figures import draw_all
 
@@ -59,6 +61,12 @@ def _run_page(run: RunScalars, out: Path) -> str:
     figs = draw_all(run, out)
     last = max(int(s.steps[-1]) for s in run.series.values())
     body = [f"<p>{len(run.domains)} domains, last logged step {last}.</p>", _summary_table(run)]
+    if run.cut_short:
+        body.insert(
+            0,
+            "<p><b>Partial:</b> " + html.escape(", ".join(run.cut_short)) + " ended inside a record "
+            "(a run in progress?); this report covers what was written before it.</p>",
+        )
     body += [_img(f) for f in figs]
     return _page("AC-ODM run report", run.source, body)
 
@@ -72,25 +80,43 @@ def _bench_page(root: Path, report: dict) -> str:
     return _page(f"bench-mix report: {report.get('scenario', {}).get('name', root.name)}", str(root), body)
 
 
+def _bench_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UsageError(f"{path}: not a readable bench-mix report ({type(e).__name__}: {e})") from None
+    if not isinstance(report, dict) or report.get("schema") != BENCH_SCHEMA:
+        found = report.get("schema") if isinstance(report, dict) else type(report).__name__
+        raise UsageError(f"{path}: schema {found!r}, expected {BENCH_SCHEMA!r} (a bench-mix/demo report.json)")
+    return report
+
+
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write ``<out_dir>/report.html`` (and the PNGs) for ``run_dir``: a TensorBoard run
     directory, or a bench-mix/demo directory holding ``report.json``. Default ``out_dir``:
-    ``<run_dir>/acodm_report``. Returns the HTML path."""
+    ``<run_dir>/acodm_report``. Returns the HTML path. Nothing is created unless the run could
+    be read, and an output folder this call created is removed again if writing fails."""
     root = Path(run_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: {'is a file, not a directory' if root.exists() else 'no such directory'}")
     out = Path(out_dir) if out_dir is not None else root / "acodm_report"
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory; choose another path")
     bench = root / "report.json"
-    if bench.is_file():
-        report = json.loads(bench.read_text())
-        if report.get("schema") != BENCH_SCHEMA:
-            raise ValueError(f"{bench}: schema {report.get('schema')!r}, expected {BENCH_SCHEMA!r}")
-        text = _bench_page(root, report)
-    else:
-        text = _run_page(read_run(root), out)
-    page = out / "report.html"
-    tmp = page.with_suffix(".html.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(page)
+    report = _bench_report(bench) if bench.is_file() else None
+    run = read_run(root) if report is None else None
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        text = _bench_page(root, report) if report is not None else _run_page(run, out)
+        page = out / "report.html"
+        tmp = page.with_suffix(".html.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(page)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return page
 
 
