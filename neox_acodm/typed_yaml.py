@@ -175,6 +175,11 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
     seen = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            raise ConfigError(
+                f"line {key_node.start_mark.line + 1}: a mapping key must be a name, got a "
+                f"{type(key).__name__} ({key!r:.60})"
+            )
         if key in seen:
             raise ConfigError(
                 f"line {key_node.start_mark.line + 1}: key {key!r} appears twice in "

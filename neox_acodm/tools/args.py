@@ -95,8 +95,9 @@ def out_dir(path: str, flag: str = "--out") -> Path:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UsageError(f"{flag} {path}: exists and is not a directory; choose another path")
-    if not p.exists() and p.parent.exists() and not p.parent.is_dir():
-        raise UsageError(f"{flag} {path}: its parent is not a directory")
+    above = next((a for a in p.absolute().parents if a.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UsageError(f"{flag} {path}: {above} is a file, so the folder cannot be made there")
     return p
 
 

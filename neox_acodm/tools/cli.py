@@ -11,7 +11,7 @@ from neox_acodm._logging import setup_cli_logging
 from neox_acodm.checkpoint import CheckpointError
 from neox_acodm.config import ConfigError, config_reference, load_config
 
-from .args import UsageError
+from .args import UsageError, existing_file
 
 logger = logging.getLogger("neox_acodm.cli")
 
@@ -21,10 +21,10 @@ def _check_config(args: argparse.Namespace) -> int:
         sys.stdout.write(config_reference() + "\n")
         return 0
     if not args.file:
-        sys.stderr.write("neox-acodm check-config: give a YAML file (or --reference)\n")
-        return 2
+        raise UsageError("check-config: give a YAML file (or --reference)")
+    path = existing_file(args.file, "check-config")
     try:
-        cfg = load_config(args.file)
+        cfg = load_config(path)
     except (ConfigError, FileNotFoundError) as e:
         sys.stderr.write(f"error: {e}\n")
         return 2

@@ -13,7 +13,9 @@ __all__ = ["RunScalars", "read_run", "register", "write_report"]
 def _cmd(args) -> int:
     import logging
 
-    page = write_report(args.run_dir, args.out)
+    from ..args import out_dir
+
+    page = write_report(args.run_dir, out_dir(args.out) if args.out else None)
     logging.getLogger(__name__).info("report: %s", page)
     return 0
 
