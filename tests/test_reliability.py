@@ -87,6 +87,24 @@ def _scenario(rank, name, out):
             rt2.load(path)
         finally:
             assert _snapshot(rt2) == before
+    elif name in ("domains_wrong_type", "norms_wrong_type", "mixer_part_deleted"):  # crafted, checksummed
+        path = os.path.join(out, "s.pt")
+        rt, model, opt = _rt(tiny_cfg("acodm", **timeout_cfg), rank, WORLD, group)
+        train_steps(rt, model, opt, 2)
+        if rank == 0:
+            state = rt.state_dict()
+            {
+                "domains_wrong_type": lambda: state.update(domains=7),
+                "norms_wrong_type": lambda: state.update(norms=[1, 2]),
+                "mixer_part_deleted": lambda: state.pop("mixer"),
+            }[name]()
+            checkpoint.atomic_save(state, path)
+        dist.barrier()
+        before = _snapshot(rt)
+        try:
+            rt.load(path)
+        finally:
+            assert _snapshot(rt) == before
     elif name == "owner_update_fails":
         rt, model, opt = _rt(tiny_cfg("odm", **timeout_cfg), rank, WORLD, group)
         if rt.mixer is not None:
@@ -137,6 +155,9 @@ def _run(tmp_path, name, timeout=90):
     [
         ("not_a_mapping", "CheckpointError", "RemoteFailure"),
         ("owner_part_mismatch", "CheckpointError", "RemoteFailure"),
+        ("domains_wrong_type", "CheckpointError", "RemoteFailure"),
+        ("norms_wrong_type", "CheckpointError", "RemoteFailure"),
+        ("mixer_part_deleted", "CheckpointError", "RemoteFailure"),
         ("owner_update_fails", "ZeroDivisionError", "RemoteFailure"),
         ("save_fails", ("FileExistsError", "NotADirectoryError"), "RemoteFailure"),
     ],
