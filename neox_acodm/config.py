@@ -34,12 +34,15 @@ from .config_sections import (
 )
 from .domain_files import include_domains
 from .mixers import MIXERS, check_block
+from .mixers.mirror import MirrorConfig
 from .presets import PRESETS, apply_preset
 from .schedule import resolve_schedule_path
 from .typed_yaml import ConfigError, build, field, load_yaml, reference_rows, to_plain
 
 #: the ``acodm.mixer`` values (the mixer factory's names)
 MixerName = Literal[tuple(MIXERS)]  # type: ignore[valid-type]
+#: the ``acodm.preset`` values
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 __all__ = [
     "ACODMConfig",
@@ -69,16 +72,18 @@ class ACODMConfig:
         doc="Ordered list of domains (required), or the name of a "
         "YAML file holding it (e.g. the bundled `pile-22.yml`)."
     )
-    preset: Literal["paper", "aligned"] = field(
+    preset: PresetName = field(
         "paper",
         doc="Defaults under the keys you set: `paper` = the field defaults below (the "
-        "paper's AC-ODM); `aligned` = the improved AC-ODM measured by `bench-mix` (see "
-        "the presets table below and docs/benchmark.md).",
+        "paper's AC-ODM); `aligned` = the improved AC-ODM measured by `bench-mix`; `mirror` = the "
+        "mirror-descent closed form on the masked Gram estimate, started at the best mix that needs "
+        "no sweep (see the presets table below and docs/algorithm.md).",
     )
     mixer: MixerName = field(
         "acodm",
         doc="Mixing method. `gram_softmax`: the same-signal closed form (R&B-style, "
-        "arXiv 2505.00358): w = prior * exp(eta z(rhat)) from the `aligned` Gram estimate, no RL.",
+        "arXiv 2505.00358): w = prior * exp(eta z(rhat)) from the `aligned` Gram estimate, no RL. "
+        "`mirror`: cumulative mirror descent on the same estimate (see `acodm.mirror.*`), no RL.",
     )
     seed: int = field(
         1234, doc="Seed of the step plan, cursors, exploration and agent init.", rng=(0, 2**32 - 1, True, True)
@@ -88,13 +93,17 @@ class ACODMConfig:
         doc="T, for the progress feature and LR schedules; NeoX/Megatron fill it from `train_iters` when absent.",
         rng=(1, None, True, None),
     )
-    initial_weights: Literal["auto", "config", "uniform", "tokens", "metric"] = field(
+    initial_weights: Literal["auto", "config", "uniform", "tokens", "metric", "prior"] = field(
         "auto",
         doc="`config`: the domains' `weight`; `uniform`; `tokens`: proportional to "
         "training tokens (natural mix, see `sampling.temperature`); `metric`: proportional to the "
         "domains' `metric_weight` (uniform over the domains you target; the best-measured static "
-        "mix of `bench-mix`); `auto`: `config` if every domain has a weight, else uniform.",
+        "mix of `bench-mix`); `prior`: the best mix that needs no sweep, `metric` when the metric "
+        "weights differ, else temperature sampling, tokens^(1/T) with T = `sampling.temperature` (2 when "
+        "it is 1); `auto`: `config` if every domain has a "
+        "weight, else uniform.",
     )
+    mirror: MirrorConfig = field(factory=MirrorConfig, doc="See `acodm.mirror.*`.")
     sampling: SamplingConfig = field(factory=SamplingConfig, doc="See `acodm.sampling.*`.")
     odm: ODMConfig = field(factory=ODMConfig, doc="See `acodm.odm.*`.")
     agent: AgentConfig = field(factory=AgentConfig, doc="See `acodm.agent.*`.")

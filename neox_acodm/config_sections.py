@@ -213,6 +213,12 @@ class RewardConfig:
         doc="Clip of the normalised alignment (paper mode) / of W/mean|g| (reference mode, where the code used 999).",
         rng=(0.0, None, False, None),
     )
+    estimate: Literal["horvitz_thompson", "masked"] = field(
+        "horvitz_thompson",
+        doc="The Gram estimate of `aligned`, `gram_softmax` and `mirror`: `horvitz_thompson` = every "
+        "step's inverse-probability term in an EMA (unbiased mean; a rare domain's median is 0); `masked` = "
+        "each entry's average moves only when observed, self terms from each domain's last observation.",
+    )
     backend: Literal["auto", "ext", "torch"] = field(
         "auto", doc="Kernel backend for accumulation/Gram (`NEOX_ACODM_OPS` overrides)."
     )

@@ -25,6 +25,8 @@ FAMILIES = {
     "projected_epochs": "epochs by the run's end at the current weights",
     "tokens": "tokens of the domain read so far",
     "shadow_weight": "shadow mode: the weight the mixer would have chosen",
+    "staleness": "steps since the domain last drew data (0: drawn this step)",
+    "at_floor": "share of the steps so far planned with the domain at the weight floor",
 }
 #: pair family: acodm/grad_cos/<a>/<b>, cosine of two domains' mean gradients (logged steps)
 PAIR_FAMILY = "grad_cos"

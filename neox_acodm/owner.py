@@ -92,12 +92,29 @@ class OwnerUpdate:
         self.mixer = mixer
         self.tokens_per_sample = tokens_per_sample
         self.repeat_watch = RepeatWatch(settings.domain_names, settings.max_epochs)
+        # per-domain diagnostics, counted from the first step this process sees (a resume restarts them)
+        self.last_drawn: np.ndarray | None = None  # [K] step each domain last drew data
+        self.floor_steps = np.zeros(len(settings.domain_names))
+        self.steps_seen = 0
+
+    def _diagnostics(self, x: StepInputs) -> dict[str, float]:
+        """``staleness/<domain>`` and ``at_floor/<domain>`` of the step ``x``."""
+        names, floor = self.settings.domain_names, self.settings.min_weight
+        if self.last_drawn is None:
+            self.last_drawn = np.full(len(names), float(x.step))
+        self.last_drawn = np.where(np.asarray(x.plan.counts) > 0, float(x.step), self.last_drawn)
+        self.steps_seen += 1
+        self.floor_steps += np.asarray(x.weights) <= floor * (1 + 1e-9) + 1e-15
+        out = {f"staleness/{n}": float(x.step - s) for n, s in zip(names, self.last_drawn)}
+        out.update({f"at_floor/{n}": float(c / self.steps_seen) for n, c in zip(names, self.floor_steps)})
+        return out
 
     def update(self, x: StepInputs) -> OwnerResult:
         """Keeps the weights on a skipped or non-finite step, and when the mixer proposes
         invalid weights."""
         st, mixer = self.settings, self.mixer
         plan = x.plan
+        diagnostics = self._diagnostics(x)
         stats = StepStats(
             step=x.step,
             weights=x.weights.copy(),
@@ -141,6 +158,7 @@ class OwnerUpdate:
             metrics = self._metrics(x, new)
         if x.gram is not None and (x.step + 1) % st.log_interval == 0:  # a logged step
             metrics.update(grad_cosines(st.domain_names, stats.gram, stats.present))
+        metrics.update(diagnostics)
         return OwnerResult(new, metrics)
 
     def _metrics(self, x: StepInputs, new: np.ndarray) -> dict[str, float]:

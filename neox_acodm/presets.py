@@ -12,6 +12,12 @@ __all__ = ["PRESETS", "apply_preset"]
 #: named defaults applied under the user's keys (``acodm.preset``); ``paper`` = field defaults
 PRESETS: dict[str, dict] = {
     "paper": {},
+    "mirror": {
+        "mixer": "mirror",
+        "initial_weights": "prior",
+        "sampling": {"allocation": "stratified"},
+        "reward": {"estimate": "masked", "self_term": "lagged"},
+    },
     "aligned": {
         "sampling": {"allocation": "stratified"},
         "reward": {"mode": "aligned", "self_term": "lagged"},

@@ -57,7 +57,8 @@ class GradientProbe:
         device = params[0].param.device
         width = total if estimator == "exact" else sketch_dim
         self.buffer = torch.zeros(num_domains, width, dtype=torch.float32, device=device)
-        # lagged: keep last step's per-domain mean gradients [K, width] for <g_i(t), g_j(t-1)>
+        # lagged: keep each domain's last observed mean gradient [K, width] for <g_i(t), g_j(t')>,
+        # t' the last step domain j drew data (t - 1 when it did)
         self.lagged = lagged
         # two preallocated [K, width] buffers, swapped every step (no allocation on the hot path)
         self._mean = torch.zeros_like(self.buffer) if lagged else None
@@ -123,6 +124,10 @@ class GradientProbe:
         if self.lagged:  # [K, K] <g_i(t), g_j(t-1)> of this rank's tensors (partial under TP/PP)
             torch.mul(self.buffer, inv.to(self.buffer.device, torch.float32)[:, None], out=self._mean)
             self.lagged_gram = self._mean @ self._prev_mean.T if self._has_prev else None
+            if self._has_prev:  # a domain absent this step keeps its last observed mean gradient
+                absent = (counts == 0).to(self._mean.device)
+                if bool(absent.any()):
+                    self._mean[absent] = self._prev_mean[absent]
             self._mean, self._prev_mean, self._has_prev = self._prev_mean, self._mean, True
         self.buffer.zero_()
         self._domains = []  # gradients after the step's end and before the next plan are not ours

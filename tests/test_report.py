@@ -100,13 +100,28 @@ def test_report_of_a_deepspeed_run(tmp_path):
                 assert np.isnan(at10[i, j]) == (not {a, b} <= drawn[10])
                 assert np.isnan(cos[i, j]) == (not any({a, b} <= ds for ds in drawn.values()))
     assert {"critic_loss", "actor_loss", "reward_path_seconds"} <= set(run.series)
+    # per-domain diagnostics in every run: steps since last drawn, share of steps at the floor
+    for d in run.domains:
+        stale, floor = run.series[f"staleness/{d}"].values, run.series[f"at_floor/{d}"].values
+        assert stale.min() >= 0 and ((floor >= 0) & (floor <= 1)).all()
     assert cli_main(["report", str(tmp_path / "tb"), "--out", str(tmp_path / "rep")]) == 0
     page = (tmp_path / "rep" / "report.html").read_text()
-    for stem in ("weights", "train_loss", "rewards", "agent", "reward_time", "grad_cos", "projected_epochs"):
+    stems = (
+        "weights",
+        "train_loss",
+        "rewards",
+        "agent",
+        "reward_time",
+        "grad_cos",
+        "projected_epochs",
+        "staleness",
+        "at_floor",
+    )
+    for stem in stems:
         assert (tmp_path / "rep" / f"{stem}.png").is_file() and f'alt="{stem}"' in page
     assert not {"val_ppl.png", "shadow_weights.png"} & set(os.listdir(tmp_path / "rep"))  # no data: no panel
     imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)  # self-contained: inlined PNGs
-    assert len(imgs) == 7 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in imgs)
+    assert len(imgs) == len(stems) and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in imgs)
 
 
 def test_report_reads_a_run_in_progress_and_keeps_the_last_write_of_a_step(tmp_path):

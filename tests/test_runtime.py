@@ -50,6 +50,14 @@ def make(cfg, seed=0, **kw):
             {"reward": {"mode": "aligned", "self_term": "lagged"}, "sampling": {"allocation": "stratified"}},
         ),
         ("acodm", {"preset": "aligned", "agent": {"hidden_dim": 32, "batch_size": 4, "buffer_size": 64}}),
+        (
+            "mirror",
+            {
+                "reward": {"estimate": "masked", "self_term": "lagged"},
+                "mirror": {"kappa": 20.0},
+                "sampling": {"allocation": "stratified"},
+            },
+        ),
     ],
 )
 def test_resume_reproduces_next_50_weight_vectors(tmp_path, mixer, extra):

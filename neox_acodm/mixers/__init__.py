@@ -12,6 +12,7 @@ from .acodm import ACODMMixer
 from .base import Block, Mixer, Requirements, StepStats
 from .feed import gram_estimate
 from .gram import GramSoftmaxMixer
+from .mirror import MirrorMixer
 from .odm import ODMMixer, exploration_eps
 from .static import StaticMixer
 
@@ -38,6 +39,7 @@ MIXERS: dict[str, type[Mixer]] = {
     "odm": ODMMixer,
     "acodm": ACODMMixer,
     "gram_softmax": GramSoftmaxMixer,
+    "mirror": MirrorMixer,
 }
 
 
@@ -92,6 +94,14 @@ def build_mixer(
         return StaticMixer(initial_weights, schedule)
     if cls is ODMMixer:
         return ODMMixer(initial_weights, block.odm)
+    if cls is MirrorMixer:
+        return MirrorMixer(
+            initial_weights,
+            gram_estimate(block.reward, metric_weights),
+            block.mirror,
+            total_steps,
+            block.sampling.min_weight,
+        )
     if cls is GramSoftmaxMixer:
         return GramSoftmaxMixer(initial_weights, gram_estimate(block.reward, metric_weights), block.gram)
     return ACODMMixer(

@@ -10,14 +10,17 @@ import numpy as np
 import torch
 
 from ..config_sections import RewardConfig
+from ..masked_gram import MaskedGramEstimate
 from ..rewards import GramEstimate
 from .base import StepStats
 
 __all__ = ["gram_estimate", "inclusion_of", "update_estimate"]
 
 
-def gram_estimate(reward: RewardConfig, metric_weights: Sequence[float]) -> GramEstimate:
-    """The ``aligned`` Gram estimate configured by ``reward`` over K = len(metric_weights) domains."""
+def gram_estimate(reward: RewardConfig, metric_weights: Sequence[float]) -> GramEstimate | MaskedGramEstimate:
+    """The Gram estimate configured by ``reward`` (``reward.estimate``) over K = len(metric_weights)."""
+    if reward.estimate == "masked":
+        return MaskedGramEstimate(len(metric_weights), reward.ema, reward.self_term, list(metric_weights))
     return GramEstimate(len(metric_weights), reward.ema, reward.self_term, list(metric_weights), reward.clip)
 
 
@@ -29,7 +32,7 @@ def inclusion_of(stats: StepStats, n: int | None = None) -> np.ndarray:
     return 1.0 - (1.0 - np.asarray(stats.probs, dtype=np.float64)) ** max(n, 1)
 
 
-def update_estimate(est: GramEstimate, stats: StepStats) -> torch.Tensor:
+def update_estimate(est: GramEstimate | MaskedGramEstimate, stats: StepStats) -> torch.Tensor:
     """Feed one step into ``est``; returns rhat [K] float64."""
     if stats.gram is None:
         raise RuntimeError("this mixer needs the per-domain gradient Gram (stats.gram is None)")

@@ -127,6 +127,8 @@ PANELS = [
     ("agent", agent, False),
     ("reward_time", reward_time, False),
     ("projected_epochs", _family_panel("projected_epochs", "projected epochs by the run's end", "epochs"), False),
+    ("staleness", _family_panel("staleness", "steps since each domain last drew data", "steps"), False),
+    ("at_floor", _family_panel("at_floor", "share of the steps so far at the weight floor", "share"), False),
     ("grad_cos", grad_cos, True),
 ]
 
