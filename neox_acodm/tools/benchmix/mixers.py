@@ -28,8 +28,16 @@ def _agent_paper(steps: int) -> dict:
     }
 
 
+#: the static mix a sweep on other seeds found best (see :mod:`.oracle`); its weights are given per run
+ORACLE = "oracle_static"
+#: the static mixes that need no sweep; the best of them is each report's "best prior-information static"
+PRIOR_STATICS = ("uniform", "metric_weighted", "temperature")
+
 MIXERS: dict[str, MixerFn] = {
     "static_natural": lambda steps: {"mixer": "static", "initial_weights": "tokens"},
+    ORACLE: lambda steps: {"mixer": "static", "initial_weights": "config"},
+    # the mirror-descent closed form, settings frozen in `preset: mirror` before any scenario run
+    "mirror": lambda steps: {"preset": "mirror"},
     "static_natural_iid": lambda steps: {
         "mixer": "static",
         "initial_weights": "tokens",
@@ -80,6 +88,8 @@ MIXERS: dict[str, MixerFn] = {
 #: what each mixer is, for the report
 DESCRIPTIONS = {
     "static_natural": "static, natural token proportions",
+    ORACLE: "static, the best mix of a sweep on other seeds (the reference for regret)",
+    "mirror": "mirror descent on the masked Gram estimate from the best prior mix (preset mirror)",
     "static_natural_iid": "static natural with i.i.d. allocation (seed-noise check)",
     "uniform": "static, uniform",
     "temperature": "static, tokens^(1/2) (temperature sampling, T = 2)",

@@ -60,6 +60,24 @@ def summary_markdown(rep: dict) -> str:
         cells.append("—" if reach is None else ", ".join("never" if r is None else str(r) for r in reach))
         cells.append(f"{100 * row['reward_time_share']:.1f}%")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    best, oracle = rep.get("best_prior_static"), rep.get("oracle")
+    if best or oracle:
+        lines += [
+            "",
+            "The user's real question: each mixer against the oracle static mix (regret; the best mix "
+            f"of a sweep on seeds {oracle['seeds'] if oracle else '—'}, not reported) and against the best "
+            f"static mix that needs no sweep ({best or '—'}, the better of uniform, metric-weighted and "
+            "temperature by mean).",
+            "",
+            "| mixer | regret vs oracle static | Δ vs best prior static |",
+            "|---|---|---|",
+        ]
+        for m, row in rep["table"].items():
+            cells = [_fmt_ci(row[k]) if k in row else "—" for k in ("vs_oracle_static", "vs_best_prior")]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        if oracle:
+            w = ", ".join(f"{d} {x:.3f}" for d, x in zip(rep["domains"], oracle["weights"]))
+            lines += ["", f"Oracle static: `{oracle['chosen']}` of {len(oracle['candidates'])} candidates ({w})."]
     if "acodm" in rep["table"] and "vs_acodm_control" in rep["table"]["acodm"]:
         lines += ["", f"AC-ODM vs its no-learning noise control: {_fmt_ci(rep['table']['acodm']['vs_acodm_control'])}"]
     lines += [

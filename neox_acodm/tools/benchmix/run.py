@@ -14,17 +14,17 @@ import torch
 from neox_acodm.config import parse_config
 
 from ..model import ModelSpec
+from .aggregate import aggregate
 from .corpus import default_cache
 from .data import build_domains
-from .mixers import DESCRIPTIONS, MIXERS, PROXY_MIXERS
+from .mixers import MIXERS, ORACLE, PROXY_MIXERS
+from .oracle import candidate_mixes, sweep
 from .report import write_report
-from .scenario import Scenario, Size, load_scenario, size_of, to_dict
-from .stats import metric_of, paired, steps_to_reach, summary
+from .scenario import Scenario, Size, load_scenario, size_of
+from .stats import metric_of
 from .train import TrainSpec, train_run
 
 logger = logging.getLogger(__name__)
-
-BASELINES = ("static_natural", "uniform", "gram_softmax", "odm")
 
 
 def bench(
@@ -45,10 +45,12 @@ def bench(
     return write_report(rep, Path(out))
 
 
-def _block(sc: Scenario, size: Size, mixer: str, seed: int, proxy: tuple[str, str] | None = None) -> dict:
-    """The full ``acodm:`` block of one run."""
+def _block(sc: Scenario, size: Size, mixer: str, seed: int, proxy: tuple[str, str] | None = None, weights=None) -> dict:
+    """The full ``acodm:`` block of one run (``weights``: the domains' static mix, for the oracle)."""
     spec = copy.deepcopy(MIXERS[mixer](size.train.steps))
     domains = [{"name": d.name, "metric_weight": d.metric_weight} for d in sc.domains]
+    if weights is not None:
+        domains = [{**d, "weight": float(w)} for d, w in zip(domains, weights)]
     block = {"seed": seed, "total_steps": size.train.steps, "domains": domains, **spec}
     sampling = {"allocation": sc.allocation, "min_weight": sc.min_weight}
     block["sampling"] = {**sampling, **spec.get("sampling", {})}
@@ -104,16 +106,31 @@ def run_scenario(
     model = ModelSpec(ms.layers, ms.hidden, ms.heads, size.vocab, ms.seq_len)
     proxy_model = ModelSpec(ms.layers, ms.proxy_hidden, max(1, ms.heads // 2), size.vocab, ms.seq_len)
     evals = tuple(sorted({max(1, round(tr.steps * (i + 1) / tr.eval_points)) for i in range(tr.eval_points)}))
+    weights = {d.name: d.metric_weight for d in sc.domains}
+
+    def train_one(name, block, spec, seed, bar=None) -> dict:
+        ts = TrainSpec(tr.steps, tr.micro_batch, tr.grad_accum, tr.lr, tr.warmup, evals, seed)
+        logger.debug("bench-mix: %s seed %d", name, seed)
+        r = train_run(name, parse_config(block), spec, ts, train, valid, progress=bar)
+        r["curve"] = [(p["step"], metric_of(p["loss"], weights)["mean_loss"]) for p in r["val_curve"]]
+        r["final"] = metric_of(r["val_curve"][-1]["loss"], weights)
+        r["block"] = block
+        return r
+
+    oracle = None
+    if ORACLE in mixers:  # the sweep runs first, on its own seeds
+        oracle = _oracle(sc, size, seeds, train, lambda n, b, s: train_one(n, b, model, s))
     jobs = []  # (seed, run name, block, model)
     for seed in seeds:
         for m in mixers:
-            if m in PROXY_MIXERS:
+            if m == ORACLE:
+                jobs.append((seed, m, _block(sc, size, m, seed, weights=oracle["weights"]), model))
+            elif m in PROXY_MIXERS:
                 policy = str(out / f"proxy_policy_seed{seed}.pt")
                 jobs.append((seed, f"{m}_source", _block(sc, size, m, seed, ("source", policy)), proxy_model))
                 jobs.append((seed, m, _block(sc, size, m, seed, ("target", policy)), model))
             else:
                 jobs.append((seed, m, _block(sc, size, m, seed), model))
-    weights = {d.name: d.metric_weight for d in sc.domains}
     bar = None
     if progress:
         try:
@@ -130,59 +147,41 @@ def run_scenario(
             bar = None
     runs: dict[str, dict[int, dict]] = {}
     for seed, name, block, spec in jobs:
-        cfg = parse_config(block)
-        ts = TrainSpec(tr.steps, tr.micro_batch, tr.grad_accum, tr.lr, tr.warmup, evals, seed)
-        logger.debug("bench-mix: %s seed %d", name, seed)
-        r = train_run(name, cfg, spec, ts, train, valid, progress=bar)
-        r["curve"] = [(p["step"], metric_of(p["loss"], weights)["mean_loss"]) for p in r["val_curve"]]
-        r["final"] = metric_of(r["val_curve"][-1]["loss"], weights)
-        r["block"] = block
-        runs.setdefault(name, {})[seed] = r
+        runs.setdefault(name, {})[seed] = train_one(name, block, spec, seed, bar)
     if bar is not None:
         bar.close()
-    return _aggregate(sc, size_name, size, seeds, mixers, runs, data_info, time.perf_counter() - t_start)
+    return aggregate(sc, size_name, size, seeds, mixers, runs, data_info, time.perf_counter() - t_start, oracle)
 
 
-def _aggregate(sc, size_name, size, seeds, mixers, runs, data_info, wall) -> dict:
-    names = [m for m in mixers if m in runs]
-    table = {}
-    for m in names:
-        finals = {k: [runs[m][s]["final"][k] for s in seeds] for k in ("mean_loss", "arith_ppl", "worst_loss")}
-        row = {k: summary(v) for k, v in finals.items()}
-        row["per_seed"] = {str(s): runs[m][s]["final"] for s in seeds}
-        for b in BASELINES:
-            if b in runs and b != m:
-                row[f"vs_{b}"] = paired(finals["mean_loss"], [runs[b][s]["final"]["mean_loss"] for s in seeds])
-        if "static_natural" in runs:
-            reach = [
-                steps_to_reach(runs[m][s]["curve"], runs["static_natural"][s]["final"]["mean_loss"]) for s in seeds
-            ]
-            row["steps_to_static_final"] = reach
-            row["steps_fraction"] = None if any(r is None for r in reach) else float(np.mean(reach)) / size.train.steps
-        row["reward_time_share"] = float(np.mean([runs[m][s]["reward_time_share"] for s in seeds]))
-        row["final_weights"] = np.mean([runs[m][s]["weights_curve"][-1] for s in seeds], axis=0).tolist()
-        row["mean_weights"] = np.mean([np.mean(runs[m][s]["weights_curve"], axis=0) for s in seeds], axis=0).tolist()
-        row["description"] = DESCRIPTIONS.get(m, m)
-        control = "acodm_control" if m == "acodm" else None
-        if control and control in runs:
-            row["vs_acodm_control"] = paired(
-                finals["mean_loss"], [runs[control][s]["final"]["mean_loss"] for s in seeds]
-            )
-        table[m] = row
+def _oracle(sc: Scenario, size: Size, seeds, train, train_one) -> dict:
+    """The sweep of static mixes on ``sc.oracle_seeds`` (disjoint from the reporting seeds)."""
+    if set(sc.oracle_seeds) & set(seeds):
+        raise ValueError(
+            f"oracle seeds {list(sc.oracle_seeds)} overlap the reporting seeds {list(seeds)}; the "
+            f"oracle must be chosen on seeds that are not reported"
+        )
+    tokens = np.array([len(d.tokens) for d in train], dtype=np.float64)
+    metric = np.array([d.metric_weight for d in sc.domains], dtype=np.float64)
+    named = {"natural": tokens, "uniform": np.ones(len(train)), "metric": metric, "temperature": tokens**0.5}
+    cands = candidate_mixes(named, len(train), sc.oracle_draws, sc.oracle_seeds[0])
+
+    def score(w, seed):
+        r = train_one(f"oracle sweep {len(scores_done)}", _block(sc, size, ORACLE, seed, weights=w), seed)
+        scores_done.append(r["final"]["mean_loss"])
+        return r["final"]["mean_loss"]
+
+    scores_done: list[float] = []
+    best, scores = sweep(cands, sc.oracle_seeds, score)
+    logger.info(
+        "bench-mix oracle static: %s %s (mean %.4f over seeds %s)",
+        best,
+        np.round(cands[best], 3).tolist(),
+        float(np.mean(scores[best])),
+        list(sc.oracle_seeds),
+    )
     return {
-        "schema": "neox_acodm.bench-mix/1",
-        "scenario": to_dict(sc),
-        "size": size_name,
-        "size_settings": to_dict(size),
-        "seeds": list(seeds),
-        "mixers": names,
-        "domains": [d.name for d in sc.domains],
-        "data": data_info,
-        "table": table,
-        "runs": {
-            m: {str(s): {k: v for k, v in r.items() if k != "block"} | {"block": r["block"]} for s, r in per.items()}
-            for m, per in runs.items()
-        },
-        "threads": torch.get_num_threads(),
-        "wall_seconds": wall,
+        "seeds": list(sc.oracle_seeds),
+        "chosen": best,
+        "weights": cands[best],
+        "candidates": {n: {"weights": cands[n], "scores": scores[n]} for n in cands},
     }
