@@ -125,9 +125,10 @@ class GradientProbe:
             torch.mul(self.buffer, inv.to(self.buffer.device, torch.float32)[:, None], out=self._mean)
             self.lagged_gram = self._mean @ self._prev_mean.T if self._has_prev else None
             if self._has_prev:  # a domain absent this step keeps its last observed mean gradient
-                absent = (counts == 0).to(self._mean.device)
-                if bool(absent.any()):
-                    self._mean[absent] = self._prev_mean[absent]
+                absent = torch.nonzero(counts.cpu() == 0).flatten()  # host-side plan counts: no device sync
+                if absent.numel():
+                    absent = absent.to(self._mean.device)
+                    self._mean.index_copy_(0, absent, self._prev_mean.index_select(0, absent))
             self._mean, self._prev_mean, self._has_prev = self._prev_mean, self._mean, True
         self.buffer.zero_()
         self._domains = []  # gradients after the step's end and before the next plan are not ours

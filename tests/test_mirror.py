@@ -127,3 +127,26 @@ def test_preset_mirror_starts_at_the_best_prior_mix():
         token_counts=[100.0, 400.0, 900.0],
     )
     assert np.allclose(rt2.weights, np.array([10.0, 20.0, 30.0]) / 60)  # equal metric: tokens^(1/2)
+
+
+def test_probe_keeps_each_domains_last_observed_gradient_for_the_self_term():
+    """A domain absent at step t-1 still gets <g_i(t), g_i(t')> at step t, t' its last draw."""
+    from neox_acodm.ops import get_ops
+    from neox_acodm.probe import GradientProbe
+    from neox_acodm.selectors import SelectedParam
+
+    w = torch.nn.Parameter(torch.zeros(4))
+    probe = GradientProbe(
+        [SelectedParam("w", 0, w)], 2, "exact", 8, 0, get_ops("torch", torch.device("cpu")), lagged=True
+    )
+    grads = {0: torch.tensor([1.0, 0, 0, 0]), 1: torch.tensor([0, 2.0, 0, 0])}
+    lagged = []
+    for domains in ([0, 1], [0], [0, 1]):  # domain 1 skips the middle step
+        probe.begin_step(domains)
+        for d in domains:
+            (w * grads[d]).sum().backward()
+        probe.reduce_gram(torch.tensor([domains.count(0), domains.count(1)]))
+        lagged.append(probe.lagged_gram)
+    assert lagged[0] is None
+    assert float(lagged[2][1, 1]) == 4.0  # <g_1(t=2), g_1(t=0)>: the last observation, not zeros
+    probe.remove()
