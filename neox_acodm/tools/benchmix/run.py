@@ -49,8 +49,8 @@ def _block(sc: Scenario, size: Size, mixer: str, seed: int, proxy: tuple[str, st
     """The full ``acodm:`` block of one run (``weights``: the domains' static mix, for the oracle)."""
     spec = copy.deepcopy(MIXERS[mixer](size.train.steps))
     domains = [{"name": d.name, "metric_weight": d.metric_weight} for d in sc.domains]
-    if weights is not None:
-        domains = [{**d, "weight": float(w)} for d, w in zip(domains, weights)]
+    if weights is not None:  # a zero share (e.g. the metric mix of a metric-0 domain) is the weight floor
+        domains = [{**d, "weight": max(float(w), sc.min_weight, 1e-12)} for d, w in zip(domains, weights)]
     block = {"seed": seed, "total_steps": size.train.steps, "domains": domains, **spec}
     sampling = {"allocation": sc.allocation, "min_weight": sc.min_weight}
     block["sampling"] = {**sampling, **spec.get("sampling", {})}
