@@ -120,7 +120,7 @@ class SamplingConfig:
     )
     max_weight: float = field(
         1.0,
-        doc="Cap on any single weight; per-domain datasets are sized for it (N * max_weight samples).",
+        doc="Cap on any single weight.",
         rng=(0.0, 1.0, False, True),
     )
     allocation: Literal["iid", "stratified"] = field(

@@ -18,12 +18,21 @@ changing the weights never repeats or drops a sample of a domain.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ALLOCATIONS", "StepPlan", "build_step_plan", "inclusion_probs", "normalize_weights", "DomainCursors"]
+from .order import ORDER_VERSION, KeyedPermutation, epoch_key
+
+__all__ = [
+    "ALLOCATIONS",
+    "DomainCursors",
+    "StepPlan",
+    "build_step_plan",
+    "inclusion_probs",
+    "normalize_weights",
+    "slot_warning",
+]
 
 _PLAN_STREAM = 0x5EED_0001  # separates the plan's random stream from other uses of the seed
 _SHUFFLE_STREAM = 0x5EED_0002
@@ -94,12 +103,6 @@ class StepPlan:
 ALLOCATIONS = ("iid", "stratified")
 
 
-def samples_per_domain(num_samples: int, max_weight: float) -> int:
-    """Samples each per-domain dataset is built for: enough for a run that draws every sample
-    from one domain at ``max_weight`` (0.5 % margin, as the frameworks' own blending uses)."""
-    return math.ceil(num_samples * max_weight * 1.005)
-
-
 def inclusion_probs(weights, n_free: int, floor: int, allocation: str) -> np.ndarray:
     """P(domain i draws >= 1 of the step's micro-batches). weights: [K] normalised -> [K]."""
     w = np.asarray(weights, dtype=np.float64)
@@ -108,6 +111,29 @@ def inclusion_probs(weights, n_free: int, floor: int, allocation: str) -> np.nda
     if allocation == "stratified":
         return np.minimum(1.0, n_free * w)
     return 1.0 - (1.0 - w) ** n_free
+
+
+def slot_warning(weights, dp_size: int, grad_accum: int, sampling) -> str | None:
+    """A start-up warning when a step has fewer micro-batch slots than domains (None otherwise).
+
+    ``weights``: [K] normalised; ``sampling``: the ``acodm.sampling`` section (its floor and
+    allocation).
+    One domain per micro-batch: with ``dp_size * grad_accum < K`` some domains are never
+    observed in a step, and a rare domain only when it wins a whole micro-batch.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    n = dp_size * grad_accum
+    if n >= w.size:
+        return None
+    floor = sampling.min_microbatches_per_domain
+    seen = inclusion_probs(w, n - floor * w.size, floor, sampling.allocation)
+    i = int(np.argmin(seen))
+    return (
+        f"acodm: a step has dp_size x grad_accum = {dp_size} x {grad_accum} = {n} micro-batches for "
+        f"{w.size} domains, one domain each: at most {n} domains are seen per step, and domain {i} "
+        f"(weight {w[i]:.4f}) is drawn in {100 * seen[i]:.1f} % of the steps, which starves its gradient "
+        f"estimate; use smaller micro-batches and more accumulation steps so that dp_size x grad_accum >= {w.size}"
+    )
 
 
 def build_step_plan(
@@ -158,9 +184,11 @@ class DomainCursors:
     """Per-domain read positions over each domain's sample stream.
 
     The stream of domain ``d`` is an endless sequence of epochs, each a permutation of
-    ``range(sizes[d])`` seeded by ``(seed, d, epoch)``. A micro-batch of ``micro_batch`` samples
-    takes the next ``micro_batch`` positions; positions are assigned in (grad_accum, dp_rank)
-    order so every rank computes every rank's indices identically.
+    ``range(sizes[d])`` keyed by ``(seed, d, epoch)`` and evaluated per index
+    (:class:`~neox_acodm.order.KeyedPermutation`: O(1) memory whatever the domain size, no stall
+    at an epoch boundary). A micro-batch of ``micro_batch`` samples takes the next
+    ``micro_batch`` positions; positions are assigned in (grad_accum, dp_rank) order so every
+    rank computes every rank's indices identically.
     """
 
     def __init__(self, sizes, seed: int, shuffle: bool = True):
@@ -170,31 +198,24 @@ class DomainCursors:
         self.seed = int(seed)
         self.shuffle = shuffle
         self.positions = np.zeros_like(self.sizes)
-        self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
 
-    def _perm(self, d: int, epoch: int) -> np.ndarray:
-        key = (d, epoch)
-        p = self._perm_cache.get(key)
-        if p is None:
-            if self.shuffle:
-                rng = np.random.default_rng([_SHUFFLE_STREAM, self.seed & 0xFFFFFFFF, d, epoch])
-                p = rng.permutation(int(self.sizes[d]))
-            else:
-                p = np.arange(int(self.sizes[d]))
-            # keep only the current and next epoch of each domain
-            for stale in [k for k in self._perm_cache if k[0] == d and k[1] < epoch]:
-                del self._perm_cache[stale]
-            self._perm_cache[key] = p
-        return p
+    def order(self, d: int, epoch: int) -> KeyedPermutation | None:
+        """Domain ``d``'s order in ``epoch`` (None: unshuffled, position = index)."""
+        if not self.shuffle:
+            return None
+        key = epoch_key(_SHUFFLE_STREAM, self.seed & 0xFFFFFFFF, d, epoch)
+        return KeyedPermutation(int(self.sizes[d]), key)
 
     def sample_indices(self, d: int, start: int, count: int) -> np.ndarray:
-        """Indices into domain ``d`` of stream positions ``[start, start + count)``."""
+        """Indices into domain ``d`` of stream positions ``[start, start + count)``: [count] int64."""
         size = int(self.sizes[d])
         pos = np.arange(start, start + count, dtype=np.int64)
-        out = np.empty(count, dtype=np.int64)
+        out = pos % size
         for epoch in np.unique(pos // size):
-            sel = (pos // size) == epoch
-            out[sel] = self._perm(d, int(epoch))[pos[sel] % size]
+            perm = self.order(d, int(epoch))
+            if perm is not None:
+                sel = (pos // size) == epoch
+                out[sel] = perm(out[sel])
         return out
 
     def assign(self, plan: StepPlan, micro_batch: int) -> np.ndarray:
@@ -214,6 +235,7 @@ class DomainCursors:
             "seed": self.seed,
             "shuffle": self.shuffle,
             "positions": self.positions.tolist(),
+            "order": ORDER_VERSION,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -222,7 +244,12 @@ class DomainCursors:
                 f"cursor state is for domain sizes {state['sizes']}, this run has "
                 f"{self.sizes.tolist()}; the datasets changed since the checkpoint"
             )
+        if bool(state["shuffle"]) and state.get("order") != ORDER_VERSION:
+            raise ValueError(
+                f"cursor state uses sample order {state.get('order', 'permutation-v0')!r}, this "
+                f"neox_acodm uses {ORDER_VERSION!r}; resume with the version that wrote the "
+                f"checkpoint, or start the data stream afresh"
+            )
         self.seed = int(state["seed"])
         self.shuffle = bool(state["shuffle"])
         self.positions = np.asarray(state["positions"], dtype=np.int64)
-        self._perm_cache.clear()

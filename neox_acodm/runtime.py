@@ -30,7 +30,7 @@ from .dist import ParallelLayout, all_reduce_sum, broadcast_weights, group_rank,
 from .initial import resolve_initial_weights
 from .mixers import Mixer, Requirements, build_mixer, inactive_warning, requirements
 from .owner import OwnerSettings, OwnerUpdate, StepInputs
-from .plan import DomainCursors, StepPlan, build_step_plan, normalize_weights
+from .plan import DomainCursors, StepPlan, build_step_plan, normalize_weights, slot_warning
 from .schedule import load_schedule
 
 __all__ = ["MixingRuntime", "ParallelLayout"]
@@ -74,12 +74,13 @@ class MixingRuntime:
         self.timeout = cfg.collective_timeout_s
         #: what the mixer needs each step (decided from the config, the same on every rank)
         self.needs: Requirements = requirements(cfg)
-        warning = inactive_warning(cfg, self.total_steps)
-        if warning:
-            logger.warning(warning)
         self.is_owner = group_rank(layout.group) == 0
         init = resolve_initial_weights(cfg, token_counts)
         self.initial_weights = normalize_weights(init, cfg.sampling.min_weight, cfg.sampling.max_weight)
+        sw = slot_warning(self.initial_weights, layout.dp_size, grad_accum, cfg.sampling)
+        for warning in (inactive_warning(cfg, self.total_steps), sw if self.needs.gram else None):
+            if warning and self.is_owner:
+                logger.warning(warning)
         if cfg.schedule_path:  # a replay starts exactly where the recorded run started
             self.initial_weights = load_schedule(cfg.schedule_path, cfg.domain_names).weights_at(0)
         self.weights = self.initial_weights.copy()
@@ -89,8 +90,7 @@ class MixingRuntime:
             if token_counts is not None and self.cursors is not None
             else None
         )
-        self.step = 0
-        self.skipped_steps = 0
+        self.step = self.skipped_steps = 0
         self.timings = {"capture": 0.0, "reduce_gram": 0.0, "mixer": 0.0}
         model_device = next(model.parameters()).device if model is not None else torch.device("cpu")
         self.probe = build_probe(cfg, self.needs, layout, model, model_device, self.is_owner)

@@ -8,9 +8,10 @@ imports nothing of the adapter), applies the patches below for the duration of `
 removes them afterwards. Every wrapper calls one method of that integration:
 
 * ``megatron.training.build_train_valid_test_data_loaders``: each domain's ``GPT2Dataset``
-  is sized for the largest weight it may reach (``N * sampling.max_weight``, through a patch of
-  ``megatron.data.data_utils.get_normalized_weights_and_num_samples`` for the call), not for
-  its initial weight. The datasets are kept for the plan-driven iterator.
+  is built for one epoch of its own data, whatever the run length (1 sample requested through a
+  patch of ``megatron.data.data_utils.get_normalized_weights_and_num_samples`` for the call;
+  NeoX's index builder rounds up to whole epochs). The plugin's cursors walk it epoch after
+  epoch. The datasets are kept for the plan-driven iterator.
 * ``megatron.training.setup_model_and_optimizer``: builds the
   :class:`~neox_acodm.neox.session.DeepSpeedMixingSession` with NeoX's process groups, wraps
   the loss (the pipe engine's ``loss_fn``, :func:`pipe_loss_patch`), and restores the mixer
@@ -42,24 +43,21 @@ VERIFIED = NEOX_VERIFIED
 
 def _wrap_build_loaders(integ):
     def make(original):
-        from neox_acodm.plan import samples_per_domain
-
         def build_train_valid_test_data_loaders(neox_args):
             train_weights = neox_args.train_data_weights
-            cap = integ.cfg.sampling.max_weight
 
-            def sized_for_max_weight(sizing):
+            def one_epoch_each(sizing):
                 def get_normalized_weights_and_num_samples(weights, num_samples):
                     norm, nums = sizing(weights, num_samples)
                     if weights is train_weights and num_samples is not None:
-                        nums = [samples_per_domain(num_samples, cap) for _ in norm]
+                        nums = [1 for _ in norm]  # the index builder makes it one whole epoch
                     return norm, nums
 
                 return get_normalized_weights_and_num_samples
 
             sizing = Patch(
                 "megatron.data.data_utils:get_normalized_weights_and_num_samples",
-                sized_for_max_weight,
+                one_epoch_each,
                 params=("weights", "num_samples"),
             )
             sizing.apply()

@@ -49,6 +49,14 @@ def test_builtin_scenarios_are_discriminating_by_construction():
     repeat = load_scenario("repeat")
     small = min(repeat.domains, key=lambda d: d.train_tokens)
     assert small.metric_weight > 1 and _shares(repeat)[small.name] <= 0.02
+    # difficulty: every domain scored equally; one saturates (unigram noise), one is tiny
+    diff = load_scenario("difficulty")
+    assert {d.metric_weight for d in diff.domains} == {1.0}
+    assert any(d.transform == "shuffle_tokens" for d in diff.domains) and min(_shares(diff).values()) <= 0.025
+    # transfer: one small scored target among large unscored neighbours
+    transfer = load_scenario("transfer")
+    scored = [d for d in transfer.domains if d.metric_weight > 0]
+    assert len(scored) == 1 and _shares(transfer)[scored[0].name] <= 0.05
 
 
 def _base():

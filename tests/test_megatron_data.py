@@ -40,7 +40,7 @@ def prefixes(tmp_path_factory):
     return out
 
 
-def make(prefixes, mixer="static", weights=(0.6, 0.3, 0.1), steps=200, max_weight=1.0):
+def make(prefixes, mixer="static", weights=(0.6, 0.3, 0.1), steps=200):
     cfg = parse_config(
         {
             "mixer": mixer,
@@ -49,12 +49,9 @@ def make(prefixes, mixer="static", weights=(0.6, 0.3, 0.1), steps=200, max_weigh
             "domains": [
                 {"name": f"d{i}", "train_path": p, "weight": w} for i, (p, w) in enumerate(zip(prefixes, weights))
             ],
-            "sampling": {"max_weight": max_weight},
         }
     )
-    ds = DynamicBlendedDataset(
-        build_domain_datasets(cfg, num_samples=steps * 8, seq_len=SEQ, seed=3, tokenizer=null_tokenizer())
-    )
+    ds = DynamicBlendedDataset(build_domain_datasets(cfg, seq_len=SEQ, seed=3, tokenizer=null_tokenizer()))
     rt = MixingRuntime(cfg, dataset_sizes=ds.sizes, grad_accum=2, micro_batch=2, layout=ParallelLayout(dp_size=2))
     return cfg, ds, rt, DynamicBlendedIterator(ds, rt)
 
@@ -70,7 +67,7 @@ def run(it, rt, steps):
 
 def test_samples_are_megatron_samples_tagged_with_their_domain(prefixes):
     _, ds, rt, it = make(prefixes)
-    assert ds.sizes == [len(d) for d in ds.datasets] and all(s >= 200 * 8 for s in ds.sizes)
+    assert ds.sizes == [len(d) for d in ds.datasets]
     b = next(it)
     assert set(b) >= {"tokens", "labels", "loss_mask", "position_ids", "dataset_id"}
     assert b["tokens"].shape == (2, SEQ)
@@ -106,11 +103,28 @@ def test_changing_weights_never_repeats_or_drops(prefixes):
         plans.append(tuple(planned))
     assert len(set(plans)) > 10, "the weights never changed the plan"
     for d in range(3):
-        size = ds.sizes[d]
-        assert len(drawn[d]) < size
-        assert len(set(drawn[d])) == len(drawn[d]), "a sample repeated within the epoch"
+        size, n = ds.sizes[d], len(drawn[d])
+        full = n // size
+        assert full >= 1, "the run should cross an epoch of every domain"
+        stream = rt.cursors.sample_indices(d, 0, n).tolist()
+        assert sorted(drawn[d]) == sorted(stream), "the ranks drew other samples than the stream's first n"
+        for e in range(full):  # every epoch is a permutation of the domain: nothing dropped or repeated
+            assert sorted(stream[e * size : (e + 1) * size]) == list(range(size))
+        assert len(set(stream[full * size :])) == n - full * size
         # consumption is a prefix of the domain's stream: cursor = number drawn
-        assert rt.cursors.positions[d] == len(drawn[d])
+        assert rt.cursors.positions[d] == n
+
+
+def test_each_domain_is_built_for_one_epoch_whatever_the_run_length(prefixes):
+    """The index does not grow with the run: a domain holds one epoch of its own tokens."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    short, long_ = make(prefixes, steps=10)[1], make(prefixes, steps=100_000)[1]
+    assert short.sizes == long_.sizes
+    for prefix, size in zip(prefixes, short.sizes):
+        indexed = IndexedDataset(prefix)  # keep it alive: sequence_lengths is a view of its mmap
+        tokens = int(indexed.sequence_lengths.sum())
+        assert size == (tokens - 1) // SEQ  # megatron-core's samples per epoch (one extra label token)
 
 
 def test_no_lookahead(prefixes):

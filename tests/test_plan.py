@@ -106,3 +106,28 @@ def test_normalize_weights_bounds_and_bad_input():
     for bad in ([np.nan, 1], [np.inf, 1], [-1, 2], [0, 0]):
         with pytest.raises(ValueError):
             normalize_weights(bad)
+
+
+def test_slot_warning_when_a_step_has_fewer_micro_batches_than_domains():
+    from types import SimpleNamespace
+
+    from neox_acodm.plan import slot_warning
+
+    sampling = SimpleNamespace(min_microbatches_per_domain=0, allocation="stratified")
+    w = normalize_weights(np.r_[np.full(21, 0.9986 / 21), 0.0014])
+    msg = slot_warning(w, dp_size=1, grad_accum=16, sampling=sampling)
+    # domain 21 (weight 0.0014) wins one of 16 stratified slots with probability 16 x 0.0014
+    assert "1 x 16 = 16 micro-batches for 22 domains" in msg and "domain 21 (weight 0.0014)" in msg
+    assert "drawn in 2.2 % of the steps" in msg and "dp_size x grad_accum >= 22" in msg
+    assert slot_warning(w, dp_size=2, grad_accum=11, sampling=sampling) is None
+
+
+def test_runtime_warns_at_start_up_only_when_the_mixer_reads_per_domain_gradients(caplog, tiny_model):
+    from conftest import tiny_cfg
+
+    from neox_acodm.runtime import MixingRuntime
+
+    for mixer, warned in (("static", False), ("gram_softmax", True)):
+        caplog.clear()
+        MixingRuntime(tiny_cfg(mixer, k=4), grad_accum=2, micro_batch=1, model=tiny_model).close()
+        assert ("micro-batches for 4 domains" in caplog.text) is warned, mixer

@@ -3,8 +3,9 @@
 megatron-core's ``BlendedDataset`` fixes the mix when it is built (``dataset_index`` is
 precomputed and cached under a hash of the weights), so weights cannot change during a run and
 changing them on resume repeats or drops samples. Here the *mid-level* per-domain
-``GPTDataset`` s are still built by ``BlendedMegatronDatasetBuilder`` (one per domain, sized for
-the largest weight the domain may reach), and the top level is replaced by
+``GPTDataset`` s are still built by ``BlendedMegatronDatasetBuilder`` (one per domain, one
+epoch of its own data whatever the run length: the plugin's cursors walk it epoch after
+epoch, see :class:`~neox_acodm.plan.DomainCursors`), and the top level is replaced by
 :class:`DynamicBlendedDataset`, indexed by ``(domain, index)`` and driven by
 :class:`~neox_acodm.runtime.MixingRuntime`'s deterministic plan and per-domain cursors. Samples
 are tagged ``dataset_id`` like megatron-core's own blend. Nothing is cached under a key that
@@ -20,7 +21,6 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from ..config import ACODMConfig, ConfigError
-from ..plan import samples_per_domain
 from ..plan_iterator import PlanIterator
 from ..runtime import MixingRuntime
 
@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 def build_domain_datasets(
     cfg: ACODMConfig,
-    num_samples: int,
     seq_len: int,
     seed: int,
     tokenizer,
@@ -40,10 +39,10 @@ def build_domain_datasets(
 ) -> list | None:
     """One megatron-core ``GPTDataset`` per domain, in ``cfg.domains`` order.
 
-    ``num_samples``: sequences the run will draw in this split in total; domain d is sized for
-    ``ceil(num_samples * sampling.max_weight * 1.005)`` (or its own length if smaller is
-    impossible: megatron-core then repeats epochs). ``split`` picks ``train_path`` or
-    ``valid_path``. Extra keyword arguments go to ``GPTDatasetConfig``.
+    Each dataset holds one epoch of its domain (megatron-core's single-epoch build,
+    ``num_samples=None``): its index does not grow with the run length; the plugin's cursors
+    walk it epoch after epoch in a fresh order per ``(seed, domain, epoch)``. ``split`` picks
+    ``train_path`` or ``valid_path``. Extra keyword arguments go to ``GPTDatasetConfig``.
 
     Collective when a process group is initialised (megatron-core's builder synchronises the
     ranks): every rank calls it; ranks where ``is_built_on_rank()`` is False get ``None``.
@@ -52,7 +51,6 @@ def build_domain_datasets(
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
     key = "train_path" if split == "train" else "valid_path"
-    size = samples_per_domain(num_samples, cfg.sampling.max_weight)
     kwargs = dict(reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False)
     kwargs.update(gpt_kwargs)
     out = []
@@ -61,7 +59,7 @@ def build_domain_datasets(
         if not prefix:
             raise ConfigError(f"acodm.domains[{i}].{key}: required to build the {split} datasets")
         blend = [([prefix], None), None, None] if split == "train" else [None, ([prefix], None), None]
-        sizes = [size, 0, 0] if split == "train" else [0, size, 0]
+        sizes = [None, 0, 0] if split == "train" else [0, None, 0]  # None: one epoch
         config = GPTDatasetConfig(
             random_seed=seed,
             sequence_length=seq_len,

@@ -102,7 +102,6 @@ class MegatronMixingSession(MixingSession):
         args = self._args()
         datasets = build_domain_datasets(
             self.cfg,
-            num_samples=args.train_iters * args.global_batch_size,
             seq_len=args.seq_length,
             seed=args.seed,
             tokenizer=self._tokenizer(args),
