@@ -5,12 +5,13 @@ Materialising ``rng.permutation(n)`` costs 8 n bytes and O(n) time at the first 
 epoch (1.2 GB and 17 s for one Pile-sized domain); instead the permutation is evaluated per
 index:
 
-* a balanced Feistel network (Luby & Rackoff 1988) on ``2 h`` bits, ``4^h >= n``, whose round
-  function is the splitmix64 finaliser (Steele et al. 2014) of ``(half, round key)``; any round
-  function gives a bijection on ``range(4^h)``;
+* a Feistel network (Luby & Rackoff 1988) on ``b`` bits, ``2^b >= n``, split into halves of
+  ``ceil(b/2)`` and ``floor(b/2)`` bits that swap sizes every round (an even number of rounds
+  restores the split); the round function is the splitmix64 finaliser (Steele et al. 2014) of
+  ``(half, round key)``, and any round function gives a bijection on ``range(2^b)``;
 * cycle-walking (Black & Rogaway 2002) maps it onto ``range(n)``: an output ``>= n`` is fed
   back in until it lands below ``n``. That restricts the bijection to ``range(n)``, and since
-  ``4^h < 4 n`` the expected number of walks per index is below 4.
+  ``2^b < 2 n`` the expected number of walks per index is below 2.
 
 The round keys are a pure function of ``(seed, domain, epoch)``, computed with integer
 arithmetic only, so the order is identical on every rank, platform and numpy version. Memory:
@@ -62,9 +63,8 @@ class KeyedPermutation:
         if n < 1:
             raise ValueError(f"a permutation needs n >= 1, got {n}")
         self.n = int(n)
-        half = max(1, (int(n - 1).bit_length() + 1) // 2)  # 4^half >= n
-        self._half = np.uint64(half)
-        self._mask = np.uint64((1 << half) - 1)
+        bits = max(2, int(n - 1).bit_length())  # 2^bits >= n
+        self._hi, self._lo = (bits + 1) // 2, bits // 2  # bits of the left and right halves
         keys, k = [], int(key) & _M64
         for _ in range(_ROUNDS):
             k = _mix_int(k + 0x9E3779B97F4A7C15)
@@ -72,10 +72,12 @@ class KeyedPermutation:
         self._keys = keys
 
     def _encrypt(self, x: np.ndarray) -> np.ndarray:
-        left, right = x >> self._half, x & self._mask
-        for k in self._keys:
-            left, right = right, left ^ (_mix(right ^ k) & self._mask)
-        return (left << self._half) | right
+        a, b = self._hi, self._lo  # left has a bits, right b bits
+        left, right = x >> np.uint64(b), x & np.uint64((1 << b) - 1)
+        for k in self._keys:  # (L, R) -> (R, L ^ F(R)): sizes (a, b) -> (b, a)
+            left, right = right, left ^ (_mix(right ^ k) & np.uint64((1 << a) - 1))
+            a, b = b, a
+        return (left << np.uint64(b)) | right
 
     def __call__(self, idx) -> np.ndarray:
         """idx: [m] int positions in ``[0, n)`` -> [m] int64 sample indices, a bijection."""
@@ -86,7 +88,7 @@ class KeyedPermutation:
             return np.zeros_like(x)
         y = self._encrypt(x.astype(np.uint64))
         out = y >= np.uint64(self.n)
-        while out.any():  # cycle-walking: at most a few passes (4^h < 4 n)
+        while out.any():  # cycle-walking: fewer than 2 passes per index on average (2^b < 2 n)
             y[out] = self._encrypt(y[out])
             out = y >= np.uint64(self.n)
         return y.astype(np.int64)

@@ -198,13 +198,17 @@ class DomainCursors:
         self.seed = int(seed)
         self.shuffle = shuffle
         self.positions = np.zeros_like(self.sizes)
+        self._orders: dict[int, tuple[int, KeyedPermutation]] = {}
 
     def order(self, d: int, epoch: int) -> KeyedPermutation | None:
         """Domain ``d``'s order in ``epoch`` (None: unshuffled, position = index)."""
         if not self.shuffle:
             return None
-        key = epoch_key(_SHUFFLE_STREAM, self.seed & 0xFFFFFFFF, d, epoch)
-        return KeyedPermutation(int(self.sizes[d]), key)
+        last = self._orders.get(d)
+        if last is None or last[0] != epoch:  # one order kept per domain: O(K) memory
+            key = epoch_key(_SHUFFLE_STREAM, self.seed & 0xFFFFFFFF, d, epoch)
+            last = self._orders[d] = (epoch, KeyedPermutation(int(self.sizes[d]), key))
+        return last[1]
 
     def sample_indices(self, d: int, start: int, count: int) -> np.ndarray:
         """Indices into domain ``d`` of stream positions ``[start, start + count)``: [count] int64."""

@@ -11,7 +11,9 @@ removes them afterwards. Every wrapper calls one method of that integration:
   is built for one epoch of its own data, whatever the run length (1 sample requested through a
   patch of ``megatron.data.data_utils.get_normalized_weights_and_num_samples`` for the call;
   NeoX's index builder rounds up to whole epochs). The plugin's cursors walk it epoch after
-  epoch. The datasets are kept for the plan-driven iterator.
+  epoch. The train ``BlendableDataset`` becomes :class:`DomainDatasets` (no blend index, which
+  would cost 9 bytes per sample on every rank). The datasets are kept for the plan-driven
+  iterator.
 * ``megatron.training.setup_model_and_optimizer``: builds the
   :class:`~neox_acodm.neox.session.DeepSpeedMixingSession` with NeoX's process groups, wraps
   the loss (the pipe engine's ``loss_fn``, :func:`pipe_loss_patch`), and restores the mixer
@@ -33,7 +35,7 @@ from .neox_dist import INIT_PARAMS, register_clean_exit, wrap_init_distributed
 from .neox_eval import EVAL_PARAMS, FORWARD_PARAMS, eval_output_pair, wrap_forward_step
 from .registry import NEOX_VERIFIED, Patch
 
-__all__ = ["TARGET", "eval_output_pair", "gate", "neox_patches", "pipe_loss_patch"]
+__all__ = ["TARGET", "DomainDatasets", "eval_output_pair", "gate", "neox_patches", "pipe_loss_patch"]
 
 logger = logging.getLogger("neox_acodm.patches.neox_training")  # under the neox_acodm logger
 
@@ -41,30 +43,62 @@ TARGET = "megatron.training"
 VERIFIED = NEOX_VERIFIED
 
 
+class DomainDatasets:
+    """What stands for NeoX's train ``BlendableDataset`` under the plugin: the per-domain
+    datasets, with no blend index (NeoX's costs 9 bytes per sample on every rank; the plan
+    iterator reads the domains directly). Indexing it is an error: nothing should."""
+
+    def __init__(self, datasets):
+        self.datasets = list(datasets)
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.datasets)
+
+    def __getitem__(self, idx):
+        raise RuntimeError(
+            "acodm: the train data are read through the mixing plan (per-domain datasets), "
+            "not through the blended dataset's index"
+        )
+
+
 def _wrap_build_loaders(integ):
     def make(original):
         def build_train_valid_test_data_loaders(neox_args):
-            train_weights = neox_args.train_data_weights
+            train_weights, train_norm = neox_args.train_data_weights, []
 
             def one_epoch_each(sizing):
                 def get_normalized_weights_and_num_samples(weights, num_samples):
                     norm, nums = sizing(weights, num_samples)
                     if weights is train_weights and num_samples is not None:
                         nums = [1 for _ in norm]  # the index builder makes it one whole epoch
+                        train_norm.append(norm)
                     return norm, nums
 
                 return get_normalized_weights_and_num_samples
 
-            sizing = Patch(
-                "megatron.data.data_utils:get_normalized_weights_and_num_samples",
-                one_epoch_each,
-                params=("weights", "num_samples"),
-            )
-            sizing.apply()
+            def no_blend_index(blendable):
+                def BlendableDataset(datasets, weights):  # noqa: N802 - stands for NeoX's class
+                    if any(weights is w for w in train_norm):
+                        return DomainDatasets(datasets)
+                    return blendable(datasets, weights)
+
+                return BlendableDataset
+
+            for_the_call = [
+                Patch(
+                    "megatron.data.data_utils:get_normalized_weights_and_num_samples",
+                    one_epoch_each,
+                    params=("weights", "num_samples"),
+                ),
+                Patch("megatron.data.data_utils:BlendableDataset", no_blend_index, params=("datasets", "weights")),
+            ]
+            for p in for_the_call:
+                p.apply()
             try:
                 loaders = original(neox_args=neox_args)
             finally:
-                sizing.remove()
+                for p in for_the_call:
+                    p.remove()
             train = loaders[0] if isinstance(loaders, tuple) else loaders.get("train")
             valid = loaders[1] if isinstance(loaders, tuple) else loaders.get("valid")
             integ.on_loaders(train, valid)

@@ -57,10 +57,18 @@ def neox(monkeypatch):
     deepspeed = types.ModuleType("deepspeed")
 
     def get_normalized_weights_and_num_samples(weights, num_samples):
-        return [w / sum(weights) for w in weights], [int(num_samples * w / sum(weights)) for w in weights]
+        norm = [w / sum(weights) for w in weights]
+        return norm, [None if num_samples is None else int(num_samples * w) for w in norm]
+
+    class BlendableDataset:
+        def __init__(self, datasets, weights):
+            self.datasets, self.blend_index = datasets, [0] * 1000
 
     def build_train_valid_test_data_loaders(neox_args):
-        seen["sizes"] = data_utils.get_normalized_weights_and_num_samples(neox_args.train_data_weights, 1000)[1]
+        norm, seen["sizes"] = data_utils.get_normalized_weights_and_num_samples(neox_args.train_data_weights, 1000)
+        valid_norm, _ = data_utils.get_normalized_weights_and_num_samples(neox_args.train_data_weights, None)
+        seen["train_ds"] = data_utils.BlendableDataset(["d0", "d1"], norm)
+        seen["valid_ds"] = data_utils.BlendableDataset(["v0", "v1"], valid_norm)
         return ("train-loader", "valid-loader", None)
 
     def setup_model_and_optimizer(neox_args, use_cache=False):
@@ -117,6 +125,7 @@ def neox(monkeypatch):
         if callable(fn) and name not in ("seen", "monkeypatch"):
             target = {
                 "get_normalized_weights_and_num_samples": data_utils,
+                "BlendableDataset": data_utils,
                 "save_ds_checkpoint": checkpointing,
                 "init_distributed": deepspeed,
             }.get(name, training)
@@ -180,6 +189,10 @@ def test_each_wrapper_hands_neox_values_to_the_integration(neox):
         # NeoX's index builder rounds up to whole epochs), for this call only
         training.build_train_valid_test_data_loaders(neox_args=na)
         assert seen["sizes"] == [1] * 2
+        # the train blend has no index (the plan reads the domains); validation keeps NeoX's blend
+        assert isinstance(seen["train_ds"], neox_training.DomainDatasets) and seen["train_ds"].datasets == ["d0", "d1"]
+        assert seen["valid_ds"].blend_index and seen["valid_ds"].datasets == ["v0", "v1"]
+        assert data_utils.BlendableDataset(["x"], [1.0]).blend_index, "the patch outlived the call"
         assert data_utils.get_normalized_weights_and_num_samples([1.0, 3.0], 1000)[1] == [250, 750]
         assert training.setup_model_and_optimizer(na) == ("model", "optimizer", "scheduler")
         with torch.no_grad():

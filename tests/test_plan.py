@@ -123,9 +123,9 @@ def test_slot_warning_when_a_step_has_fewer_micro_batches_than_domains():
 
 
 def test_runtime_warns_at_start_up_only_when_the_mixer_reads_per_domain_gradients(caplog, tiny_model):
-    from conftest import tiny_cfg
-
     from neox_acodm.runtime import MixingRuntime
+
+    from conftest import tiny_cfg
 
     for mixer, warned in (("static", False), ("gram_softmax", True)):
         caplog.clear()

@@ -120,10 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _subcommand_registrars():
     """Subcommands defined next to their implementation."""
-    from . import bench_reward_cmd, export, report
+    from . import bench_data_cmd, bench_reward_cmd, export, report
     from .benchmix import commands
 
-    return [export.register, bench_reward_cmd.register, commands.register, report.register]
+    return [export.register, bench_reward_cmd.register, bench_data_cmd.register, commands.register, report.register]
 
 
 def main(argv: list[str] | None = None) -> int:
