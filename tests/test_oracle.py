@@ -25,3 +25,20 @@ def test_candidates_are_seeded_and_ties_keep_order():
     a = candidate_mixes({}, 4, 5, 7)
     assert a == candidate_mixes({}, 4, 5, 7) and a != candidate_mixes({}, 4, 5, 8)
     assert pick_best({"x": [1.0, 1.0], "y": [1.0, 1.0], "z": [2.0, 0.0]}) == "x"
+
+
+def test_anneal_probe_schedule_moves_half_of_the_oracle_mix_to_the_metric_late(tmp_path):
+    """The path-dependence probe: the oracle mix until 2/3 of the run, then half of it on the metric."""
+    from neox_acodm.schedule import load_schedule
+    from neox_acodm.tools.benchmix.run import _anneal_schedule
+    from neox_acodm.tools.benchmix.scenario import load_scenario, size_of
+
+    sc = load_scenario("transfer")
+    size = size_of(sc, "cpu")
+    oracle = {"weights": np.array([0.2, 0.5, 0.2, 0.1])}
+    sched = load_schedule(_anneal_schedule(sc, size, oracle, tmp_path), [d.name for d in sc.domains])
+    assert sched.starts == (0, 160)  # 2/3 of 240 steps
+    assert np.allclose(sched.weights_at(0), [0.2, 0.5, 0.2, 0.1])
+    late = sched.weights_at(239)
+    assert np.isclose(late.sum(), 1) and late[0] > 0.59 and np.all(late >= sc.min_weight - 1e-12)
+    assert np.allclose(late[1:] / late[1:].sum(), [0.5 / 0.8, 0.2 / 0.8, 0.1 / 0.8], atol=0.01)

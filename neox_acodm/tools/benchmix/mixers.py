@@ -30,12 +30,17 @@ def _agent_paper(steps: int) -> dict:
 
 #: the static mix a sweep on other seeds found best (see :mod:`.oracle`); its weights are given per run
 ORACLE = "oracle_static"
+#: headroom probe for path dependence: the oracle static mix, then from 2/3 of the run (cosine LR
+#: at 0.33 of its peak) half of it moved to the metric weights; fixed before any run (see run.py)
+ORACLE_ANNEAL = "oracle_anneal"
+ANNEAL_START, ANNEAL_SHARE = 2 / 3, 0.5
 #: the static mixes that need no sweep; the best of them is each report's "best prior-information static"
 PRIOR_STATICS = ("uniform", "metric_weighted", "temperature")
 
 MIXERS: dict[str, MixerFn] = {
     "static_natural": lambda steps: {"mixer": "static", "initial_weights": "tokens"},
     ORACLE: lambda steps: {"mixer": "static", "initial_weights": "config"},
+    ORACLE_ANNEAL: lambda steps: {"mixer": "static", "initial_weights": "config"},  # + schedule_path
     # the mirror-descent closed form, settings frozen in `preset: mirror` before any scenario run
     "mirror": lambda steps: {"preset": "mirror"},
     "static_natural_iid": lambda steps: {
@@ -89,6 +94,7 @@ MIXERS: dict[str, MixerFn] = {
 DESCRIPTIONS = {
     "static_natural": "static, natural token proportions",
     ORACLE: "static, the best mix of a sweep on other seeds (the reference for regret)",
+    ORACLE_ANNEAL: "schedule: the oracle static mix, then from 2/3 of the run half of it on the metric weights",
     "mirror": "mirror descent on the masked Gram estimate from the best prior mix (preset mirror)",
     "static_natural_iid": "static natural with i.i.d. allocation (seed-noise check)",
     "uniform": "static, uniform",

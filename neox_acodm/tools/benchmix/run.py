@@ -17,7 +17,7 @@ from ..model import ModelSpec
 from .aggregate import aggregate
 from .corpus import default_cache
 from .data import build_domains
-from .mixers import MIXERS, ORACLE, PROXY_MIXERS
+from .mixers import ANNEAL_SHARE, ANNEAL_START, MIXERS, ORACLE, ORACLE_ANNEAL, PROXY_MIXERS
 from .oracle import candidate_mixes, sweep
 from .report import write_report
 from .scenario import Scenario, Size, load_scenario, size_of
@@ -118,6 +118,8 @@ def run_scenario(
         return r
 
     oracle = None
+    if ORACLE_ANNEAL in mixers and ORACLE not in mixers:
+        raise ValueError(f"{ORACLE_ANNEAL} starts from the oracle static mix: run it with {ORACLE}")
     if ORACLE in mixers:  # the sweep runs first, on its own seeds
         oracle = _oracle(sc, size, seeds, train, lambda n, b, s: train_one(n, b, model, s))
     jobs = []  # (seed, run name, block, model)
@@ -125,6 +127,9 @@ def run_scenario(
         for m in mixers:
             if m == ORACLE:
                 jobs.append((seed, m, _block(sc, size, m, seed, weights=oracle["weights"]), model))
+            elif m == ORACLE_ANNEAL:
+                block = _block(sc, size, m, seed, weights=oracle["weights"])
+                jobs.append((seed, m, {**block, "schedule_path": _anneal_schedule(sc, size, oracle, out)}, model))
             elif m in PROXY_MIXERS:
                 policy = str(out / f"proxy_policy_seed{seed}.pt")
                 jobs.append((seed, f"{m}_source", _block(sc, size, m, seed, ("source", policy)), proxy_model))
@@ -151,6 +156,24 @@ def run_scenario(
     if bar is not None:
         bar.close()
     return aggregate(sc, size_name, size, seeds, mixers, runs, data_info, time.perf_counter() - t_start, oracle)
+
+
+def _anneal_schedule(sc: Scenario, size: Size, oracle: dict, out: Path) -> str:
+    """The headroom probe's schedule: the oracle mix, then ``ANNEAL_SHARE`` of it moved to the
+    metric weights from ``ANNEAL_START`` of the run (floored at the scenario's min_weight)."""
+    from neox_acodm.schedule import Schedule
+
+    def floored(w):
+        w = np.maximum(np.asarray(w, dtype=np.float64) / np.sum(w), sc.min_weight)
+        return tuple(float(x) for x in w / w.sum())
+
+    base = floored(oracle["weights"])
+    metric = floored([d.metric_weight for d in sc.domains])
+    late = floored((1 - ANNEAL_SHARE) * np.array(base) + ANNEAL_SHARE * np.array(metric))
+    start = max(1, round(size.train.steps * ANNEAL_START))
+    path = out / f"{ORACLE_ANNEAL}_schedule.yml"
+    Schedule(tuple(d.name for d in sc.domains), (0, start), (base, late)).save(path)
+    return str(path)
 
 
 def _oracle(sc: Scenario, size: Size, seeds, train, train_one) -> dict:
