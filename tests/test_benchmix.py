@@ -247,3 +247,14 @@ def test_oracle_static_is_swept_on_its_own_seeds_and_every_mixer_gets_its_regret
     assert rep["best_prior_static"] in ("uniform", "temperature", "metric_weighted")
     assert "vs_oracle_static" in rep["table"]["uniform"] and "vs_best_prior" in rep["table"]["oracle_static"]
     assert "regret vs oracle static" in (out / "summary.md").read_text()
+
+
+def test_floor_occupancy_counts_scored_domains_at_the_floor():
+    from neox_acodm.tools.benchmix.aggregate import floor_occupancy
+
+    w = np.array([[0.6, 0.395, 0.005]] * 3 + [[0.5, 0.3, 0.2]])  # domain c at the floor 3 of 4 steps
+    got = floor_occupancy([w, w], metric_weights=[1, 1, 1], min_weight=0.005, names=["a", "b", "c"])
+    assert got == {"domain": "c", "share": 0.75}
+    # a domain outside the metric may sit at the floor: it is not counted
+    got = floor_occupancy([w], metric_weights=[1, 1, 0], min_weight=0.005, names=["a", "b", "c"])
+    assert got["share"] == 0.0

@@ -9,9 +9,20 @@ from .mixers import DESCRIPTIONS, ORACLE, PRIOR_STATICS
 from .scenario import to_dict
 from .stats import paired, steps_to_reach, summary
 
-__all__ = ["BASELINES", "aggregate"]
+__all__ = ["BASELINES", "aggregate", "floor_occupancy"]
 
 BASELINES = ("static_natural", "uniform", "gram_softmax", "odm")
+
+
+def floor_occupancy(weights_curves, metric_weights, min_weight: float, names) -> dict:
+    """Of the domains scored by the metric, the one most often at the weight floor: the share of
+    steps (mean over seeds) its weight sits within 1 % of ``min_weight``.
+
+    ``weights_curves``: per seed, [T, K] weights of every step."""
+    scored = [i for i, m in enumerate(metric_weights) if m > 0]
+    at = np.mean([np.mean(np.asarray(w)[:, scored] <= min_weight * 1.01 + 1e-12, axis=0) for w in weights_curves], 0)
+    i = int(np.argmax(at))
+    return {"domain": names[scored[i]], "share": float(at[i])}
 
 
 def aggregate(sc, size_name, size, seeds, mixers, runs, data_info, wall, oracle=None) -> dict:
@@ -39,6 +50,12 @@ def aggregate(sc, size_name, size, seeds, mixers, runs, data_info, wall, oracle=
             row["steps_fraction"] = None if any(r is None for r in reach) else float(np.mean(reach)) / size.train.steps
         row["reward_time_share"] = float(np.mean([runs[m][s]["reward_time_share"] for s in seeds]))
         row["final_weights"] = np.mean([runs[m][s]["weights_curve"][-1] for s in seeds], axis=0).tolist()
+        row["floor"] = floor_occupancy(
+            [runs[m][s]["weights_curve"] for s in seeds],
+            [d.metric_weight for d in sc.domains],
+            sc.min_weight,
+            [d.name for d in sc.domains],
+        )
         row["mean_weights"] = np.mean([np.mean(runs[m][s]["weights_curve"], axis=0) for s in seeds], axis=0).tolist()
         for key, ref in (("vs_oracle_static", ORACLE), ("vs_best_prior", best_prior)):
             if ref is not None and ref in runs and ref != m:

@@ -69,11 +69,13 @@ def summary_markdown(rep: dict) -> str:
             f"static mix that needs no sweep ({best or '—'}, the better of uniform, metric-weighted and "
             "temperature by mean).",
             "",
-            "| mixer | regret vs oracle static | Δ vs best prior static |",
-            "|---|---|---|",
+            "| mixer | regret vs oracle static | Δ vs best prior static | scored domain most at the floor |",
+            "|---|---|---|---|",
         ]
         for m, row in rep["table"].items():
             cells = [_fmt_ci(row[k]) if k in row else "—" for k in ("vs_oracle_static", "vs_best_prior")]
+            fl = row.get("floor")
+            cells.append("—" if fl is None else f"{fl['domain']}: {100 * fl['share']:.0f} % of steps")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         if oracle:
             w = ", ".join(f"{d} {x:.3f}" for d, x in zip(rep["domains"], oracle["weights"]))
