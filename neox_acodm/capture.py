@@ -7,11 +7,12 @@ import logging
 
 import torch
 
+from .activation_probe import ActivationProbe
 from .config import ACODMConfig
-from .dist import ParallelLayout
+from .dist import ParallelLayout, group_rank
 from .mixers import Requirements
 from .ops import get_ops
-from .probe import GradientProbe
+from .probe import GradientProbe, ProbeBuffer
 from .selectors import resolve_selection
 from .state import ParamNorms
 from .typed_yaml import ConfigError
@@ -28,9 +29,15 @@ def build_probe(
     model: torch.nn.Module | None,
     model_device: torch.device,
     is_owner: bool,
-) -> GradientProbe | None:
+    micro_batch: int = 1,
+    batch_dim: int = 0,
+) -> ProbeBuffer | None:
     """The per-domain gradient probe when ``needs.gram`` (None when not needed, or where this
-    pipeline stage owns none of the selected layers). The lagged buffer lives on the owner."""
+    pipeline stage owns none of the selected layers). The lagged buffer lives on the owner.
+
+    Gradient hooks on the selected tensors (one domain per micro-batch, `exact` or `sketch`), or
+    activation capture on their modules (mixed micro-batches, or `estimator: projected`);
+    ``batch_dim`` tells activation capture where the samples are ([b, T, h]: 0, [T, b, h]: 1)."""
     if not needs.gram:
         return None
     if model is None:
@@ -46,6 +53,21 @@ def build_probe(
     if not sel.params:  # a pipeline stage may own none of the selected layers
         return None
     ops = get_ops(cfg.reward.backend, model_device)
+    if cfg.sampling.granularity == "sample" or cfg.reward.estimator == "projected":
+        probe = ActivationProbe(
+            [_module_of(model, sp.name, cfg.reward.params.param) for sp in sel.params],
+            cfg.num_domains,
+            cfg.reward.estimator,
+            ops,
+            micro_batch,
+            batch_dim,
+            cfg.reward.projection_rank,
+            # the same projections on every DP replica (their buffers are summed), independent per TP shard
+            cfg.reward.sketch_seed + 7919 * (group_rank(layout.partial_sum_group) if layout.partial_sum_group else 0),
+            lagged=lagged and is_owner,
+        )
+        _log(cfg, sel, probe, "activations")
+        return probe
     probe = GradientProbe(
         sel.params,
         cfg.num_domains,
@@ -55,16 +77,32 @@ def build_probe(
         ops,
         lagged=lagged and is_owner,
     )
+    _log(cfg, sel, probe, "gradient hooks")
+    return probe
+
+
+def _module_of(model: torch.nn.Module, param_name: str, param: str) -> torch.nn.Module:
+    """The module that owns the selected ``<module>.<param>`` (activation capture needs ``weight``)."""
+    if param != "weight":
+        raise ConfigError(
+            f"acodm.reward.params.param: activation capture (sampling.granularity 'sample' or "
+            f"reward.estimator 'projected') reads a linear layer's input and output, so it needs "
+            f"'weight', got {param!r}"
+        )
+    return model.get_submodule(param_name[: -len(".weight")])
+
+
+def _log(cfg: ACODMConfig, sel, probe: ProbeBuffer, how: str) -> None:
     logger.info(
-        "acodm: capturing per-domain gradients of %d tensors (%d elements, %s, buffer %.1f MiB, backend %s): %s",
+        "acodm: capturing per-domain gradients of %d tensors (%d elements, %s, %s, buffer %.1f MiB, backend %s): %s",
         len(sel.params),
         probe.num_params,
         cfg.reward.estimator,
+        how,
         probe.memory_bytes() / 2**20,
-        ops.name,
+        probe.ops.name,
         [p.name for p in sel.params],
     )
-    return probe
 
 
 def build_norms(

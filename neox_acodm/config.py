@@ -28,7 +28,6 @@ from .config_sections import (
     ParamSelector,
     ProxyConfig,
     RewardConfig,
-    SamplingConfig,
     StateConfig,
     compile_module_pattern,
 )
@@ -37,6 +36,7 @@ from .mixers import MIXERS, check_block
 from .mixers.mirror import MirrorConfig
 from .presets import PRESETS, apply_preset
 from .schedule import resolve_schedule_path
+from .step_data import SamplingConfig
 from .typed_yaml import ConfigError, build, field, load_yaml, reference_rows, to_plain
 
 #: the ``acodm.mixer`` values (the mixer factory's names)
@@ -170,6 +170,11 @@ class ACODMConfig:
                 f"{path}.state.include_reward: a proxy target computes no rewards, so "
                 f"the transferred actor would see zeros where it was trained on "
                 f"estimates; set it false for proxy runs"
+            )
+        if self.sampling.granularity == "sample" and self.reward.estimator == "sketch":
+            raise ConfigError(
+                f"{path}.reward.estimator: 'sketch' hooks whole-micro-batch gradients; with "
+                f"sampling.granularity 'sample' (mixed micro-batches) use 'exact' or 'projected'"
             )
         check_block(self, path)  # what the chosen mixer can do (schedule, shadow, proxy)
 

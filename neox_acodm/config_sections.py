@@ -104,52 +104,6 @@ class ParamSelector:
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
-    """How weights become the domains of a step's micro-batches."""
-
-    min_microbatches_per_domain: int = field(
-        0,
-        doc="Floor: every domain gets at least this many micro-batches per global step "
-        "(the reference code's `domain_num`, 1 there). Needs K*floor <= dp*grad_accum.",
-        rng=(0, None, True, None),
-    )
-    min_weight: float = field(
-        0.0,
-        doc="Every weight is clipped to at least this value before renormalising.",
-        rng=(0.0, 1.0, True, False),
-    )
-    max_weight: float = field(
-        1.0,
-        doc="Cap on any single weight.",
-        rng=(0.0, 1.0, False, True),
-    )
-    allocation: Literal["iid", "stratified"] = field(
-        "iid",
-        doc="How a step's micro-batches are drawn from the weights: `iid` draws (paper, "
-        "reference code) or `stratified` (systematic sampling: counts floor/ceil of n*w, same "
-        "expectation, far less per-step variance).",
-    )
-    max_epochs: float | None = field(
-        None,
-        doc="Warn (once per domain) when, at the current weights, a domain is projected to be "
-        "read more than this many times by the end of the run; null = no warning. The projected "
-        "epochs are logged as `acodm/projected_epochs/<domain>` either way.",
-        rng=(0.0, None, False, None),
-    )
-    temperature: float = field(
-        1.0,
-        doc="With `initial_weights: tokens`, weights are proportional to tokens^(1/temperature) "
-        "(temperature sampling; 1 = natural mix, large = uniform).",
-        rng=(0.0, None, False, None),
-    )
-
-    def _check(self, path: str) -> None:
-        """Cross-field checks (called by the typed-YAML engine after the fields)."""
-        if self.min_weight >= self.max_weight:
-            raise ConfigError(f"{path}.min_weight: must be below max_weight ({self.max_weight}), got {self.min_weight}")
-
-
-@dataclass(frozen=True)
 class ODMConfig:
     """ODM baseline (Albalak et al. 2023): Exp3 over domains with the training loss as reward."""
 
@@ -189,10 +143,18 @@ class RewardConfig:
         doc="Weight tensors whose per-domain gradients form the reward "
         "(default: MLP output projection of layers -1, -3, -5).",
     )
-    estimator: Literal["exact", "sketch"] = field(
+    estimator: Literal["exact", "sketch", "projected"] = field(
         "exact",
         doc="`exact`: dense per-domain gradient buffer [K, P]; `sketch`: count-sketch "
-        "[K, sketch_dim] (unbiased inner products, O(P) per micro-batch, all-reducible).",
+        "[K, sketch_dim] (unbiased inner products, O(P) per micro-batch, all-reducible; one domain "
+        "per micro-batch only); `projected`: per-domain [r, r] Kronecker projections of each "
+        "layer's activations and output gradients (unbiased inner products, K*r^2 floats per "
+        "layer, cost independent of K; reads no `.grad`, so fused wgrad accumulation stays on).",
+    )
+    projection_rank: int = field(
+        64,
+        doc="r of `estimator: projected` (variance of an inner product ~ 4/r of its scale).",
+        rng=(1, 4096, True, True),
     )
     sketch_dim: int = field(16384, doc="Count-sketch width k (a multiple of 8).", rng=(8, None, True, None))
     sketch_seed: int = field(

@@ -113,26 +113,34 @@ def inclusion_probs(weights, n_free: int, floor: int, allocation: str) -> np.nda
     return 1.0 - (1.0 - w) ** n_free
 
 
-def slot_warning(weights, dp_size: int, grad_accum: int, sampling) -> str | None:
-    """A start-up warning when a step has fewer micro-batch slots than domains (None otherwise).
+def slot_warning(weights, dp_size: int, grad_accum: int, sampling, micro_batch: int = 1) -> str | None:
+    """A start-up warning when a step has fewer slots than domains (None otherwise).
 
-    ``weights``: [K] normalised; ``sampling``: the ``acodm.sampling`` section (its floor and
-    allocation).
-    One domain per micro-batch: with ``dp_size * grad_accum < K`` some domains are never
-    observed in a step, and a rare domain only when it wins a whole micro-batch.
+    ``weights``: [K] normalised; ``sampling``: the ``acodm.sampling`` section (granularity,
+    floor, allocation). At ``microbatch`` granularity a slot is a micro-batch: with
+    ``dp_size * grad_accum < K`` some domains are never observed in a step, and a rare domain
+    only when it wins a whole micro-batch; at ``sample`` granularity a slot is a sample.
     """
     w = np.asarray(weights, dtype=np.float64)
-    n = dp_size * grad_accum
+    per_sample = getattr(sampling, "granularity", "microbatch") == "sample"
+    n = dp_size * grad_accum * (micro_batch if per_sample else 1)
     if n >= w.size:
         return None
     floor = sampling.min_microbatches_per_domain
     seen = inclusion_probs(w, n - floor * w.size, floor, sampling.allocation)
     i = int(np.argmin(seen))
+    what = "samples" if per_sample else "micro-batches"
+    fix = (
+        "use a global batch of at least K samples"
+        if per_sample
+        else f"set sampling.granularity: sample (mixed micro-batches), or use smaller micro-batches and "
+        f"more accumulation steps so that dp_size x grad_accum >= {w.size}"
+    )
     return (
-        f"acodm: a step has dp_size x grad_accum = {dp_size} x {grad_accum} = {n} micro-batches for "
-        f"{w.size} domains, one domain each: at most {n} domains are seen per step, and domain {i} "
-        f"(weight {w[i]:.4f}) is drawn in {100 * seen[i]:.1f} % of the steps, which starves its gradient "
-        f"estimate; use smaller micro-batches and more accumulation steps so that dp_size x grad_accum >= {w.size}"
+        f"acodm: a step has {n} {what} (dp_size x grad_accum{' x micro_batch' if per_sample else ''} = "
+        f"{dp_size} x {grad_accum}{f' x {micro_batch}' if per_sample else ''}) for {w.size} domains, one domain each: "
+        f"at most {n} domains are seen per step, and domain {i} (weight {w[i]:.4f}) is drawn in "
+        f"{100 * seen[i]:.1f} % of the steps, which starves its gradient estimate; {fix}"
     )
 
 
@@ -212,13 +220,18 @@ class DomainCursors:
 
     def sample_indices(self, d: int, start: int, count: int) -> np.ndarray:
         """Indices into domain ``d`` of stream positions ``[start, start + count)``: [count] int64."""
+        return self.indices_at(d, np.arange(start, start + count, dtype=np.int64))
+
+    def indices_at(self, d: int, positions) -> np.ndarray:
+        """Indices into domain ``d`` of the stream positions ``positions`` ([m] int): [m] int64."""
         size = int(self.sizes[d])
-        pos = np.arange(start, start + count, dtype=np.int64)
+        pos = np.asarray(positions, dtype=np.int64)
         out = pos % size
-        for epoch in np.unique(pos // size):
+        epochs = pos // size
+        for epoch in np.unique(epochs):
             perm = self.order(d, int(epoch))
             if perm is not None:
-                sel = (pos // size) == epoch
+                sel = epochs == epoch
                 out[sel] = perm(out[sel])
         return out
 

@@ -30,8 +30,9 @@ from .dist import ParallelLayout, all_reduce_sum, broadcast_weights, group_rank,
 from .initial import resolve_initial_weights
 from .mixers import Mixer, Requirements, build_mixer, inactive_warning, requirements
 from .owner import OwnerSettings, OwnerUpdate, StepInputs
-from .plan import DomainCursors, StepPlan, build_step_plan, normalize_weights, slot_warning
+from .plan import DomainCursors, StepPlan, normalize_weights, slot_warning
 from .schedule import load_schedule
+from .step_data import StepData
 
 __all__ = ["MixingRuntime", "ParallelLayout"]
 
@@ -47,6 +48,8 @@ class MixingRuntime:
     ``layout``: this rank's place in the parallel job (see :class:`~neox_acodm.dist.ParallelLayout`).
     ``dataset_sizes``: [K] samples per domain on data-loading ranks (None elsewhere).
     ``token_counts``: [K] tokens per domain (token accounting, ``initial_weights: tokens``).
+    ``batch_dim``: where the samples are in the model's activations ([b, T, h]: 0, [T, b, h]: 1),
+    for activation capture (``sampling.granularity: sample``, ``reward.estimator: projected``).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class MixingRuntime:
         model: torch.nn.Module | None = None,
         token_counts: Sequence[float] | None = None,
         agent_device: torch.device | str | None = None,
+        batch_dim: int = 0,
     ):
         self.cfg = cfg
         self.k = cfg.num_domains
@@ -77,14 +81,14 @@ class MixingRuntime:
         self.is_owner = group_rank(layout.group) == 0
         init = resolve_initial_weights(cfg, token_counts)
         self.initial_weights = normalize_weights(init, cfg.sampling.min_weight, cfg.sampling.max_weight)
-        sw = slot_warning(self.initial_weights, layout.dp_size, grad_accum, cfg.sampling)
+        sw = slot_warning(self.initial_weights, layout.dp_size, grad_accum, cfg.sampling, micro_batch)
         for warning in (inactive_warning(cfg, self.total_steps), sw if self.needs.gram else None):
             if warning and self.is_owner:
                 logger.warning(warning)
         if cfg.schedule_path:  # a replay starts exactly where the recorded run started
             self.initial_weights = load_schedule(cfg.schedule_path, cfg.domain_names).weights_at(0)
         self.weights = self.initial_weights.copy()
-        self.cursors = DomainCursors(dataset_sizes, cfg.seed) if dataset_sizes is not None else None
+        self.data = StepData(cfg.sampling, cfg.seed, layout.dp_size, grad_accum, micro_batch, dataset_sizes)
         tokens_per_sample = (
             np.asarray(token_counts, dtype=np.float64) / self.cursors.sizes
             if token_counts is not None and self.cursors is not None
@@ -93,7 +97,7 @@ class MixingRuntime:
         self.step = self.skipped_steps = 0
         self.timings = {"capture": 0.0, "reduce_gram": 0.0, "mixer": 0.0}
         model_device = next(model.parameters()).device if model is not None else torch.device("cpu")
-        self.probe = build_probe(cfg, self.needs, layout, model, model_device, self.is_owner)
+        self.probe = build_probe(cfg, self.needs, layout, model, model_device, self.is_owner, micro_batch, batch_dim)
         self.norms = build_norms(cfg, self.needs, layout, model)
         self.owner: OwnerUpdate | None = None
         if self.is_owner:
@@ -111,21 +115,17 @@ class MixingRuntime:
         return self.owner.mixer if self.owner is not None else None
 
     # -- data plan --------------------------------------------------------------------------
+    @property
+    def cursors(self) -> DomainCursors | None:
+        """Per-domain stream positions (None on ranks built without dataset_sizes)."""
+        return self.data.cursors
+
     def _begin_step(self) -> None:
         """Plan the current step (a pure function of seed, step and weights) and hand this
-        rank's micro-batch domains to the probe; the cursors move when samples are drawn."""
-        self._plan = build_step_plan(
-            self.cfg.seed,
-            self.step,
-            self.weights,
-            self.layout.dp_size,
-            self.grad_accum,
-            self.cfg.sampling.min_microbatches_per_domain,
-            self.cfg.sampling.allocation,
-        )
-        self._starts: np.ndarray | None = None
+        rank's micro-batch (or sample) domains to the probe; the cursors move when samples are drawn."""
+        self._plan = self.data.begin(self.step, self.weights)
         if self.probe is not None:
-            self.probe.begin_step(self._plan.domains[self.layout.dp_rank])
+            self.probe.begin_step(self.data.rank_domains(self.layout.dp_rank))
 
     def plan(self) -> StepPlan:
         """This step's plan (no side effect)."""
@@ -142,48 +142,43 @@ class MixingRuntime:
     @property
     def in_step(self) -> bool:
         """True between the first sample drawn / loss recorded of a step and its end_step()."""
-        return self._starts is not None or bool(self._loss_cnt.any())
+        return self.data.starts is not None or bool(self._loss_cnt.any())
 
-    def _sample_starts(self) -> np.ndarray:
-        """[dp, grad_accum] cursor start of each micro-batch; the first call of a step advances
-        the per-domain cursors (every rank, once per step, data-loading or not)."""
-        if self._starts is None and self.cursors is not None:
-            self._starts = self.cursors.assign(self._plan, self.micro_batch)
-        return self._starts
-
-    def micro_batches(self, dp_rank: int | None = None) -> list[tuple[int, np.ndarray]]:
+    def micro_batches(self, dp_rank: int | None = None) -> list[tuple]:
         """(domain, [micro_batch] sample indices into that domain) for each of this rank's
-        micro-batches of the current step."""
+        micro-batches of the current step; at ``sampling.granularity: sample``, ([b] domains,
+        [b] indices). The first call of a step advances the cursors."""
         if self.cursors is None:
             raise RuntimeError("micro_batches() needs dataset_sizes at construction")
-        starts = self._sample_starts()
-        r = self.layout.dp_rank if dp_rank is None else dp_rank
-        return [
-            (int(d), self.cursors.sample_indices(int(d), int(s), self.micro_batch))
-            for d, s in zip(self._plan.domains[r], starts[r])
-        ]
+        return self.data.micro_batches(self.layout.dp_rank if dp_rank is None else dp_rank)
 
     # -- per micro-batch --------------------------------------------------------------------
-    def begin_microbatch(self, index: int, grad_scale: float | None = None) -> int:
-        """Micro-batch ``index`` of this rank starts; returns its domain. ``grad_scale``
-        multiplies the captured gradients (e.g. ``grad_accum / loss_scale``); None keeps the
-        scale last set (here or by :meth:`set_grad_scale`)."""
-        d = int(self._plan.domains[self.layout.dp_rank, index])
+    def begin_microbatch(self, index: int, grad_scale: float | None = None):
+        """Micro-batch ``index`` of this rank starts; returns its domain (a [b] array of the
+        samples' domains at sample granularity). ``grad_scale`` multiplies the captured
+        gradients (e.g. ``grad_accum / loss_scale``); None keeps the scale last set."""
+        doms = self.data.rank_domains(self.layout.dp_rank)[index]
         if self.probe is not None and grad_scale is not None:
             self.probe.set_grad_scale(grad_scale)
-        return d
+        return doms if self.data.per_sample else int(doms)
 
     def set_grad_scale(self, grad_scale: float) -> None:
         """Scale applied to captured gradients (ranks that see no loss call this)."""
         if self.probe is not None:
             self.probe.set_grad_scale(grad_scale)
 
-    def record_loss(self, domain: int, loss: torch.Tensor | float) -> None:
-        """Add one micro-batch's mean loss (no host sync: stays on device until the step ends)."""
+    def record_loss(self, domain, loss) -> None:
+        """Add one micro-batch's mean loss of ``domain``, or at sample granularity each sample's
+        mean loss: ``domain`` [b] domains, ``loss`` [b]. No host sync: it stays on device."""
         if isinstance(loss, torch.Tensor):
             loss = loss.detach().to(self._loss_sum.device, torch.float32)
-        self._loss_sum[domain] += loss
-        self._loss_cnt[domain] += 1
+        if np.ndim(domain) == 0:
+            self._loss_sum[int(domain)] += loss
+            self._loss_cnt[int(domain)] += 1
+            return
+        idx = torch.as_tensor(np.asarray(domain, dtype=np.int64), device=self._loss_sum.device)
+        self._loss_sum.index_add_(0, idx, torch.as_tensor(loss, dtype=torch.float32, device=idx.device).reshape(-1))
+        self._loss_cnt.index_add_(0, idx, torch.ones(idx.numel(), device=idx.device))
 
     # -- step boundary ----------------------------------------------------------------------
     def end_step(self, skipped: bool = False) -> dict[str, float]:
@@ -193,7 +188,7 @@ class MixingRuntime:
         ``skipped``: the framework did not apply this step (fp16 loss-scale overflow); no mixer
         learns from it and the weights stay, whatever the mixer."""
         plan, lay, to = self._plan, self.layout, self.timeout
-        self._sample_starts()
+        self.data.draw()
         what = f"step {self.step} loss all-reduce"
         stats_t = all_reduce_sum(torch.stack([self._loss_sum, self._loss_cnt]), lay.dp_group, to, what)
         stats_t = sum_over(stats_t, lay.pipe_group, to, what).cpu()  # losses live on the last stage
@@ -281,7 +276,7 @@ class MixingRuntime:
         self.step, self.skipped_steps = staged.step, staged.skipped_steps
         self.weights = staged.weights
         if staged.cursors is not None:
-            self.cursors = staged.cursors
+            self.data.cursors = staged.cursors
         if staged.mixer is not None:
             self.owner.mixer = staged.mixer
         if staged.norms is not None:

@@ -113,13 +113,17 @@ def test_slot_warning_when_a_step_has_fewer_micro_batches_than_domains():
 
     from neox_acodm.plan import slot_warning
 
-    sampling = SimpleNamespace(min_microbatches_per_domain=0, allocation="stratified")
+    sampling = SimpleNamespace(min_microbatches_per_domain=0, allocation="stratified", granularity="microbatch")
     w = normalize_weights(np.r_[np.full(21, 0.9986 / 21), 0.0014])
     msg = slot_warning(w, dp_size=1, grad_accum=16, sampling=sampling)
     # domain 21 (weight 0.0014) wins one of 16 stratified slots with probability 16 x 0.0014
-    assert "1 x 16 = 16 micro-batches for 22 domains" in msg and "domain 21 (weight 0.0014)" in msg
-    assert "drawn in 2.2 % of the steps" in msg and "dp_size x grad_accum >= 22" in msg
+    assert "16 micro-batches (dp_size x grad_accum = 1 x 16) for 22 domains" in msg
+    assert "domain 21 (weight 0.0014)" in msg and "drawn in 2.2 % of the steps" in msg
+    assert "sampling.granularity: sample" in msg and "dp_size x grad_accum >= 22" in msg
     assert slot_warning(w, dp_size=2, grad_accum=11, sampling=sampling) is None
+    # mixed micro-batches: the 16 micro-batches of 32 samples are 512 slots, enough for 22 domains
+    mixed = SimpleNamespace(**{**vars(sampling), "granularity": "sample"})
+    assert slot_warning(w, dp_size=1, grad_accum=16, sampling=mixed, micro_batch=32) is None
 
 
 def test_runtime_warns_at_start_up_only_when_the_mixer_reads_per_domain_gradients(caplog, tiny_model):
@@ -130,4 +134,4 @@ def test_runtime_warns_at_start_up_only_when_the_mixer_reads_per_domain_gradient
     for mixer, warned in (("static", False), ("gram_softmax", True)):
         caplog.clear()
         MixingRuntime(tiny_cfg(mixer, k=4), grad_accum=2, micro_batch=1, model=tiny_model).close()
-        assert ("micro-batches for 4 domains" in caplog.text) is warned, mixer
+        assert ("micro-batches (dp_size x grad_accum = 1 x 2) for 4 domains" in caplog.text) is warned, mixer

@@ -32,9 +32,20 @@ class TrainSpec:
     seed: int
 
 
-def _lm_loss(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _sample_losses(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Each sample's mean token cross-entropy: x [b, T + 1] -> [b]."""
     logits = model(input_ids=x[:, :-1]).logits
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+    tok = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none"
+    )
+    return tok.view(x.shape[0], -1).mean(1)
+
+
+def _windows(train: list[DomainData], d, idx: np.ndarray) -> torch.Tensor:
+    """A micro-batch's windows: one domain ``d`` (int), or one per sample (``d``: [b] domains)."""
+    if np.ndim(d) == 0:
+        return train[d].windows(idx)
+    return torch.cat([train[int(di)].windows(np.array([i])) for di, i in zip(d, idx)])
 
 
 @torch.no_grad()
@@ -47,7 +58,7 @@ def evaluate(model: torch.nn.Module, valid: list[DomainData], batch: int = 32) -
         total = 0.0
         for lo in range(0, len(idx), batch):
             x = d.windows(idx[lo : lo + batch])
-            total += float(_lm_loss(model, x)) * x.shape[0]
+            total += float(_sample_losses(model, x).sum())  # equal-length windows: the token mean
         out[d.name] = total / max(1, len(idx))
     model.train()
     return out
@@ -96,9 +107,10 @@ def train_run(
         step_loss = torch.zeros(())
         for g, (d, idx) in enumerate(rt.micro_batches()):
             rt.begin_microbatch(g, grad_scale=float(spec.grad_accum))
-            loss = _lm_loss(model, train[d].windows(idx))
+            losses = _sample_losses(model, _windows(train, d, idx))
+            loss = losses.mean()
             (loss / spec.grad_accum).backward()
-            rt.record_loss(d, loss)
+            rt.record_loss(d, loss if np.ndim(d) == 0 else losses)
             step_loss += loss.detach() / spec.grad_accum
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
