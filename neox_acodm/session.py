@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from .checkpoint import CheckpointError
@@ -53,8 +54,9 @@ class MixingSession:
         """True while the framework replays this step's micro-batches (their statistics stand)."""
         return False
 
-    def observe_loss(self, loss: torch.Tensor) -> None:
-        """Micro-batch ``self.micro`` produced ``loss`` (its mean); its backward comes next."""
+    def observe_loss(self, loss: torch.Tensor, sample_losses: torch.Tensor | None = None) -> None:
+        """Micro-batch ``self.micro`` produced ``loss`` (its mean; at sample granularity also
+        ``sample_losses``, each sample's mean [b]); its backward comes next."""
         if self.micro >= self.rt.grad_accum:
             if self.replaying():
                 return
@@ -63,7 +65,15 @@ class MixingSession:
                 f"was the train-step wrapper bypassed or end_step() skipped?"
             )
         d = self.rt.begin_microbatch(self.micro, grad_scale=self.step_grad_scale)
-        self.rt.record_loss(d, loss)
+        if np.ndim(d):  # mixed micro-batch: per-domain losses from the samples'
+            if sample_losses is None or sample_losses.numel() != len(d):
+                raise RuntimeError(
+                    f"acodm: micro-batch {self.micro} mixes {len(d)} samples' domains; the adapter "
+                    f"passed {None if sample_losses is None else sample_losses.numel()} sample losses"
+                )
+            self.rt.record_loss(d, sample_losses)
+        else:
+            self.rt.record_loss(d, loss)
         self.domains_seen.append(d)
         self.micro += 1
 

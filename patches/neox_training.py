@@ -19,6 +19,8 @@ removes them afterwards. Every wrapper calls one method of that integration:
   the loss (the pipe engine's ``loss_fn``, :func:`pipe_loss_patch`), and restores the mixer
   state on resume.
 * ``megatron.training.cross_entropy``: the loss on the non-pipe path.
+* ``megatron.mpu.vocab_parallel_cross_entropy`` (``sampling.granularity: sample`` only): keeps
+  the per-token losses of the call, from which each sample's loss is read (no recomputation).
 * ``megatron.training.shift_and_wrap_data_loaders``: the train iterator becomes the session's
   plan iterator. Validation and test are unchanged.
 * ``megatron.training.train_step``: closes the step (reduce, rank-0 update, broadcast) and
@@ -128,10 +130,25 @@ def _wrap_cross_entropy(integ):
             import torch
 
             if torch.is_grad_enabled():
-                integ.observe_loss(loss)
+                integ.observe_loss(loss, args[1] if len(args) > 1 else kwargs.get("labels"))
             return loss
 
         return cross_entropy
+
+    return make
+
+
+def _keep_token_losses(holder: list):
+    """``megatron.mpu.vocab_parallel_cross_entropy``: keep the last call's per-token losses
+    [b, s] (detached) in ``holder[0]``, for per-sample losses at sample granularity."""
+
+    def make(original):
+        def vocab_parallel_cross_entropy(vocab_parallel_logits, target):
+            losses = original(vocab_parallel_logits, target)
+            holder[:] = [losses.detach()]
+            return losses
+
+        return vocab_parallel_cross_entropy
 
     return make
 
@@ -192,6 +209,17 @@ def neox_patches(integ) -> list[Patch]:
         Patch("megatron.training:evaluate_and_print_results", integ.evaluation.wrap, params=EVAL_PARAMS),
         Patch(
             "megatron.checkpointing:save_ds_checkpoint", _wrap_save(integ), params=("iteration", "model", "neox_args")
+        ),
+        *(
+            [
+                Patch(
+                    "megatron.mpu:vocab_parallel_cross_entropy",
+                    _keep_token_losses(integ.token_losses),
+                    params=("vocab_parallel_logits", "target"),
+                )
+            ]
+            if integ.cfg.sampling.granularity == "sample"
+            else []
         ),
     ]
 

@@ -31,7 +31,7 @@ class _Integration:
     def start_session(self, model):
         self.calls.append(("session", model))
 
-    def observe_loss(self, loss):
+    def observe_loss(self, loss, labels=None):
         self.calls.append(("loss", float(loss)))
 
     def train_iterator(self):

@@ -50,6 +50,8 @@ class NeoXIntegration:
         self.evaluation = DomainEvaluation(self)
         self.session = None
         self.patches: list = []
+        #: the last loss call's per-token losses [b, s] (sample granularity; see the patch layer)
+        self.token_losses: list = []
 
     def build_patches(self) -> list:
         from neox_acodm.patches.neox_training import neox_patches
@@ -79,6 +81,7 @@ class NeoXIntegration:
             self.cfg,
             model,
             datasets=self.datasets,
+            token_losses=self.token_losses,
             layout=neox_layout(mpu),
             grad_accum=na.gradient_accumulation_steps,
             micro_batch=na.train_micro_batch_size_per_gpu,
@@ -107,9 +110,9 @@ class NeoXIntegration:
                 na.gradient_accumulation_steps,
             )
 
-    def observe_loss(self, loss) -> None:
+    def observe_loss(self, loss, labels=None) -> None:
         if self.session is not None:
-            self.session.observe_loss(loss)
+            self.session.observe_loss(loss, self.session.sample_losses(labels))
 
     def train_iterator(self):
         return self.session.train_iterator()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import default_collate
 
@@ -73,11 +74,13 @@ class DeepSpeedMixingSession(MixingSession):
         total_steps: int,
         collate: Callable[[list], dict] = default_collate,
         sink: MetricsSink | None = None,
+        token_losses: list | None = None,
     ):
         super().__init__(cfg, grad_scale=self._grad_scale, sink=sink)
         self.engine = engine
         self.datasets = list(datasets) if datasets is not None else None
         self.collate = collate
+        self.token_losses = token_losses if token_losses is not None else []
         module = getattr(engine, "module", engine)
         # every stage scales its captured gradients the same way from the first step on
         self.attach(
@@ -89,6 +92,7 @@ class DeepSpeedMixingSession(MixingSession):
                 micro_batch=micro_batch,
                 total_steps=total_steps,
                 model=module,
+                batch_dim=1,  # NeoX's transformer layers run on [s, b, h]
             )
         )
 
@@ -103,7 +107,28 @@ class DeepSpeedMixingSession(MixingSession):
         if self.datasets is None:
             raise RuntimeError("this rank has no training datasets (not a data-loading rank)")
         datasets, collate = self.datasets, self.collate
-        return PlanIterator(self.rt, lambda d, idx: collate([datasets[d][int(i)] for i in idx]))
+
+        def fetch(d, idx):  # d: the micro-batch's domain, or [b] domains at sample granularity
+            doms = np.broadcast_to(np.asarray(d), np.shape(idx))
+            return collate([datasets[int(di)][int(i)] for di, i in zip(doms, idx)])
+
+        return PlanIterator(self.rt, fetch)
+
+    def sample_losses(self, labels) -> torch.Tensor | None:
+        """[b] mean loss of each sample of the micro-batch whose loss was just computed (sample
+        granularity only): the kept per-token losses [b, s] averaged under NeoX's loss mask
+        (``labels`` = the loss function's ``(labels, loss_mask)``)."""
+        if not self.rt.data.per_sample:
+            return None
+        if not self.token_losses or not isinstance(labels, (tuple, list)) or len(labels) < 2:
+            raise RuntimeError(
+                "acodm: sampling.granularity 'sample' needs each sample's loss: the loss function's "
+                "per-token losses were not seen (is megatron.mpu.vocab_parallel_cross_entropy patched?)"
+            )
+        tok, mask = self.token_losses[0], labels[1]
+        tok = tok.reshape(mask.shape[0], -1).float()
+        mask = mask.reshape(mask.shape[0], -1).to(tok.dtype)
+        return (tok * mask).sum(1) / mask.sum(1).clamp_min(1)
 
     # -- loss ---------------------------------------------------------------------------------
     def wrap_loss(self, loss_fn: Callable) -> Callable:
@@ -112,7 +137,7 @@ class DeepSpeedMixingSession(MixingSession):
         def acodm_loss(*args, **kwargs):
             loss = loss_fn(*args, **kwargs)
             if torch.is_grad_enabled():  # evaluation runs under no_grad and is not counted
-                self.observe_loss(loss)
+                self.observe_loss(loss, self.sample_losses(args[1] if len(args) > 1 else kwargs.get("labels")))
             return loss
 
         acodm_loss.__wrapped__ = loss_fn
