@@ -55,7 +55,7 @@ def build_probe(
     ops = get_ops(cfg.reward.backend, model_device)
     if cfg.sampling.granularity == "sample" or cfg.reward.estimator == "projected":
         probe = ActivationProbe(
-            [_module_of(model, sp.name, cfg.reward.params.param) for sp in sel.params],
+            _modules_of(model, [sp.name for sp in sel.params], cfg.reward.params.param),
             cfg.num_domains,
             cfg.reward.estimator,
             ops,
@@ -81,15 +81,16 @@ def build_probe(
     return probe
 
 
-def _module_of(model: torch.nn.Module, param_name: str, param: str) -> torch.nn.Module:
-    """The module that owns the selected ``<module>.<param>`` (activation capture needs ``weight``)."""
+def _modules_of(model, param_names: list[str], param: str) -> list[torch.nn.Module]:
+    """The modules that own the selected ``<module>.<param>`` (activation capture needs ``weight``)."""
     if param != "weight":
         raise ConfigError(
             f"acodm.reward.params.param: activation capture (sampling.granularity 'sample' or "
             f"reward.estimator 'projected') reads a linear layer's input and output, so it needs "
             f"'weight', got {param!r}"
         )
-    return model.get_submodule(param_name[: -len(".weight")])
+    modules = dict(model.named_modules())  # also a view over model chunks (Megatron)
+    return [modules[name[: -len(".weight")]] for name in param_names]
 
 
 def _log(cfg: ACODMConfig, sel, probe: ProbeBuffer, how: str) -> None:

@@ -122,6 +122,11 @@ def work(tmp_path_factory):
         "  state: {norm_params: {module: mlp_out, layers: all}}",
     ]
     (root / "acodm.yml").write_text("\n".join(lines) + "\n")
+    mixed = [ln for ln in lines if not ln.startswith("  reward:")] + [
+        "  reward: {params: {module: mlp_out, layers: [-1, -2]}, estimator: projected, projection_rank: 16}",
+        "  sampling: {granularity: sample, allocation: stratified}",
+    ]
+    (root / "acodm_mixed.yml").write_text("\n".join(mixed) + "\n")
     return root
 
 
@@ -135,7 +140,7 @@ def _env() -> dict:
     }
 
 
-def train(root: Path, name: str, *extra: str) -> str:
+def train(root: Path, name: str, *extra: str, config: str = "acodm.yml") -> str:
     cmd = [
         sys.executable,
         "-m",
@@ -150,7 +155,7 @@ def train(root: Path, name: str, *extra: str) -> str:
         "--data-cache-path",
         str(root / "cache"),
         "--acodm-config",
-        str(root / "acodm.yml"),
+        str(root / config),
         "--tensorboard-dir",
         str(root / f"tb_{name}"),
         *extra,
@@ -192,12 +197,14 @@ def check_run(root: Path, name: str, log: str) -> dict:
     return tb
 
 
-def resume_matches(root: Path, name: str, parallel: list[str], full_tb: dict) -> None:
+def resume_matches(root: Path, name: str, parallel: list[str], full_tb: dict, config: str = "acodm.yml") -> None:
     """A second job from iteration 3 reproduces the mixer state and training losses at 4-6."""
     load = root / f"ck_{name}_load"
     shutil.copytree(root / f"ck_{name}", load)
     (load / "latest_checkpointed_iteration.txt").write_text("3")
-    log = train(root, f"{name}_resume", "--load", str(load), "--save", str(root / f"ck_{name}_resume"), *parallel)
+    log = train(
+        root, f"{name}_resume", "--load", str(load), "--save", str(root / f"ck_{name}_resume"), *parallel, config=config
+    )
     tb = check_run_resumed(root, f"{name}_resume", log)
     for s in (4, 5, 6):
         assert tb["lm loss"][s] == full_tb["lm loss"][s], s
@@ -240,3 +247,18 @@ def test_megatron_lm_two_ranks(work, name, parallel, resume):
     )
     if resume:
         resume_matches(work, name, parallel, tb)
+
+
+@pytest.mark.parametrize(
+    "name,parallel,resume",
+    [("mixed_dp2", [], True), ("mixed_tp2", ["--tensor-model-parallel-size", "2"], False)],
+)
+def test_megatron_lm_mixed_micro_batches(work, name, parallel, resume):
+    """sampling.granularity sample: every micro-batch mixes domains; per-sample losses come from
+    Megatron's per-token losses, gradients from activations (Kronecker-projected, each TP shard
+    its own projection); no observed layer is unfused; DP 2 resumes bit-identically."""
+    log = train(work, name, "--save", str(work / f"ck_{name}"), *parallel, config="acodm_mixed.yml")
+    assert "projected, activations" in log and "fused wgrad accumulation stays on except" not in log
+    tb = check_run(work, name, log)
+    if resume:
+        resume_matches(work, name, parallel, tb, config="acodm_mixed.yml")

@@ -269,3 +269,36 @@ def test_entry_point_without_megatron_lm_checkout_says_what_to_do(tmp_path):
     )
     assert out.returncode != 0
     assert "Megatron-LM checkout" in out.stderr and "PYTHONPATH" in out.stderr
+
+
+def test_activation_capture_on_megatron_layers_attributes_mixed_micro_batches(cpu_megatron):
+    """megatron-core's RowParallelLinear ([s, b, h] input, (out, bias) output): the per-domain
+    parts of a mixed micro-batch equal per-domain autograd; no observed layer is unfused."""
+    import dataclasses
+
+    base = cfg_for("gram_softmax")
+    cfg = dataclasses.replace(
+        base,
+        sampling=dataclasses.replace(base.sampling, granularity="sample"),
+        reward=dataclasses.replace(base.reward, mode="aligned", self_term="raw"),
+    )
+    check_args(megatron_args(gradient_accumulation_fusion=True, sequence_parallel=False), cfg)
+    with pytest.raises(ConfigError, match="--sequence-parallel: activation capture"):
+        check_args(megatron_args(sequence_parallel=True), cfg)
+    model = gpt()
+    view = GlobalLayerView(Wrapper(model))
+    rt = MixingRuntime(cfg, dataset_sizes=[40, 40, 40], grad_accum=1, micro_batch=4, model=view, batch_dim=1)
+    mask = torch.triu(torch.ones(SEQ, SEQ), diagonal=1).bool()[None, None]
+    ((doms, idx),) = rt.micro_batches()
+    tok = torch.cat([domain_tokens(int(d), [i]) for d, i in zip(doms, idx)])
+    pos, att = torch.arange(SEQ)[None].expand(4, SEQ), mask.expand(4, 1, SEQ, SEQ)
+    rt.begin_microbatch(0, grad_scale=1.0)
+    model(tok, pos, att, labels=tok).mean(1).mean().backward()  # mean of per-sample means
+    lin = model.decoder.layers[2].mlp.linear_fc2
+    w, k = lin.weight, rt.probe.modules.index(lin)
+    got = rt.probe.buffer[:, rt.probe.offsets[k] : rt.probe.offsets[k] + w.numel()].clone()
+    for d in range(3):
+        model.zero_grad()
+        model(tok, pos, att, labels=tok).mean(1)[torch.as_tensor(doms == d)].sum().backward()
+        torch.testing.assert_close(got[d], w.grad.reshape(-1), rtol=1e-4, atol=1e-6)
+    rt.close()

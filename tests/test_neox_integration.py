@@ -312,7 +312,9 @@ def test_mixed_micro_batches_train_and_resume_exactly(neox_env, layout):
     ckpt2.mkdir()
     subprocess.run(["cp", "-r", str(Path(ckpt) / "global_step3"), str(ckpt2)], check=True)
     (ckpt2 / "latest").write_text("global_step3")
-    deepy(root, f"mix_{layout}_r", neox_config(root, str(ckpt2), str(ckpt2), str(root / f"tb_mr_{layout}"), **over), block)
+    deepy(
+        root, f"mix_{layout}_r", neox_config(root, str(ckpt2), str(ckpt2), str(root / f"tb_mr_{layout}"), **over), block
+    )
     resumed = checkpoint_load(ckpt2 / "global_step6" / "acodm" / "state.pt")
     assert torch.equal(full["weights"], resumed["weights"]) and full["cursors"] == resumed["cursors"]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
@@ -113,7 +114,12 @@ class DynamicBlendedIterator(PlanIterator):
     ):
         if runtime.cursors is None or list(runtime.cursors.sizes) != dataset.sizes:
             raise ValueError("MixingRuntime must be built with dataset_sizes=DynamicBlendedDataset.sizes")
-        super().__init__(runtime, lambda d, idx: collate([dataset[(d, i)] for i in idx]))
+
+        def fetch(d, idx):  # d: the micro-batch's domain, or [b] domains at sample granularity
+            doms = np.broadcast_to(np.asarray(d), np.shape(idx))
+            return collate([dataset[(int(di), i)] for di, i in zip(doms, idx)])
+
+        super().__init__(runtime, fetch)
         self.dataset = dataset
 
     # Megatron's maybe_save_dataloader_state hook: the state is global and lives in the runtime

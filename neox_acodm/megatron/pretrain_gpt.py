@@ -89,7 +89,8 @@ def check_args(args, cfg: ACODMConfig) -> None:
         errors.append("--rampup-batch-size: the plan needs a fixed number of micro-batches per step")
     if args.context_parallel_size > 1:
         errors.append("--context-parallel-size > 1 is not supported by neox_acodm yet")
-    # fused wgrad accumulation is kept: the session switches it off on the observed modules only
+    # fused wgrad accumulation is kept: gradient hooks switch it off on the observed modules
+    # only, activation capture reads no .grad and needs no change
     if getattr(args, "phase_transition_iterations", None):
         errors.append(
             "--phase-transition-iterations: a phase restart re-counts each phase's samples "
@@ -104,6 +105,13 @@ def check_args(args, cfg: ACODMConfig) -> None:
         )
     if requirements(cfg).gram and args.calculate_per_token_loss:
         errors.append("--calculate-per-token-loss: rewards are defined on per-micro-batch mean losses; remove the flag")
+    activations = cfg.sampling.granularity == "sample" or cfg.reward.estimator == "projected"
+    if requirements(cfg).gram and activations and getattr(args, "sequence_parallel", False):
+        errors.append(
+            "--sequence-parallel: activation capture (acodm.sampling.granularity 'sample' or "
+            "acodm.reward.estimator 'projected') needs each rank's activations to cover its samples' "
+            "whole sequences; drop the flag, or use granularity 'microbatch' with estimator 'exact'"
+        )
     if not args.train_iters:
         errors.append("--train-iters is required (the agent's schedule and the dataset sizes use it)")
     if errors:

@@ -4,6 +4,7 @@ TensorBoard writer on the last rank). The entry point that installs it is ``pret
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ import torch
 from ..config import ACODMConfig, ConfigError
 from ..dist import ParallelLayout
 from ..metrics import MetricsSink
+from ..probe import GradientProbe
 from ..runtime import MixingRuntime
 from ..session import MixingSession
 from .data import DynamicBlendedDataset, DynamicBlendedIterator, build_domain_datasets
@@ -120,8 +122,9 @@ class MegatronMixingSession(MixingSession):
             micro_batch=args.micro_batch_size,
             total_steps=args.train_iters,
             model=view,
+            batch_dim=1,  # megatron-core's transformer layers run on [s, b, h]
         )
-        if self.rt.probe is not None and args.gradient_accumulation_fusion:
+        if isinstance(self.rt.probe, GradientProbe) and args.gradient_accumulation_fusion:
             names = unfuse_selected(view, [p.param for p in self.rt.probe.params])
             logger.info(
                 "acodm: fused wgrad accumulation stays on except for the %d observed modules: %s", len(names), names
@@ -224,10 +227,25 @@ class MegatronMixingSession(MixingSession):
                     mean = loss.detach().float() / num_tokens.clamp(min=1).float()
                 else:  # legacy (loss, report): already a mean
                     mean = result[0].detach().float()
-                self.observe_loss(mean)
+                self.observe_loss(mean, self._sample_losses(loss_fn, output_tensor))
             return result
 
         return acodm_loss
+
+    def _sample_losses(self, loss_fn: Callable, output_tensor: torch.Tensor) -> torch.Tensor | None:
+        """[b] each sample's mean loss (sample granularity only): Megatron's per-token losses
+        [b, s] under the loss mask that the stock ``forward_step`` binds into its loss function."""
+        if not self.rt.data.per_sample:
+            return None
+        mask = loss_fn.args[0] if isinstance(loss_fn, functools.partial) and loss_fn.args else None
+        if not isinstance(mask, torch.Tensor):
+            raise RuntimeError(
+                "acodm: sampling.granularity 'sample' reads the loss mask bound into pretrain_gpt's "
+                "loss function (functools.partial(loss_func, loss_mask)); this Megatron-LM binds none"
+            )
+        tok = output_tensor.detach().float().reshape(mask.shape[0], -1)
+        mask = mask.reshape(mask.shape[0], -1).float()
+        return (tok * mask).sum(1) / mask.sum(1).clamp_min(1)
 
     def replaying(self) -> bool:
         """Megatron's rerun state machine replays a step's micro-batches (result validation);
