@@ -137,3 +137,22 @@ def test_bad_inputs_are_refused():
     p = ActivationProbe([nn.Linear(2, 2)], 2, "exact", ops, micro_batch=2)
     with pytest.raises(ValueError, match=r"\[grad_accum, 2\]"):
         p.begin_step(np.zeros((3, 4), dtype=int))
+
+
+def test_bench_reward_times_the_activation_capture_of_a_step():
+    """bench-reward's step report includes both activation-capture variants and their shares."""
+    pytest.importorskip("transformers")
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "neox_acodm.tools.cli", "bench-reward", "--D", "4", "--P", "4096", "--repeats", "1",
+         "--step-model", "1x64", "--step-batch", "2", "--step-seq", "16", "--step-repeats", "1", "--grad-accum", "2",
+         "--rank", "8", "--json"],
+        capture_output=True, text=True, check=True, env={"OMP_NUM_THREADS": "1", **__import__("os").environ},
+    )  # fmt: skip
+    step = json.loads(out.stdout)["step"]
+    for est, width in (("exact", 3 * 64 * 256), ("projected", 3 * 8 * 8)):
+        a = step[f"activations_{est}"]
+        assert a["buffer_bytes"] == 4 * width * 4 and a["per_step_ms"] > 0 and a["to_step"] > 0

@@ -181,6 +181,26 @@ def measure_train_step(
     }
 
 
+def activation_capture_ms(
+    D: int, hidden: int, batch: int, seq: int, estimator: str, rank: int, device, repeats: int, dtype: str | None
+) -> dict:
+    """Per micro-batch: activation capture of 3 MLP out-projections ([4h] -> [h]) for a mixed
+    micro-batch of ``batch`` samples from ``D`` domains, and the Gram of its buffer (per step)."""
+    from neox_acodm.activation_probe import ActivationProbe
+    from neox_acodm.ops import get_ops
+
+    dt = DTYPES[dtype] if dtype else torch.float32
+    mods = [torch.nn.Linear(4 * hidden, hidden, bias=False, device=device, dtype=dt) for _ in range(3)]
+    probe = ActivationProbe(mods, D, estimator, get_ops("torch", device), batch, batch_dim=1, rank=rank)
+    x = torch.randn(seq, batch, 4 * hidden, device=device, dtype=dt)
+    delta = torch.randn(seq, batch, hidden, device=device, dtype=dt)
+    doms = torch.randint(0, D, (batch,), device=device)
+    capture = _median_ms(lambda: [probe._capture(k, x, delta, doms) for k in range(3)], device, repeats)
+    gram = _median_ms(lambda: probe.ops.gram(probe.buffer), device, repeats)
+    probe.remove()
+    return {"capture_ms": capture, "gram_ms": gram, "buffer_bytes": probe.memory_bytes()}
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     backends = ["torch", "ext"] if args.backend == "both" else [args.backend]
@@ -207,5 +227,17 @@ def run(args: argparse.Namespace) -> dict:
                 "reward_to_step_sketch": sketch / (args.grad_accum * st["step_ms"]),
             }
         )
+        # mixed micro-batches: activation capture, exact and Kronecker-projected
+        for est in ("exact", "projected"):
+            a = activation_capture_ms(
+                args.D, st["hidden"], args.step_batch, args.step_seq, est, args.rank, device,
+                max(1, args.step_repeats), args.step_autocast,
+            )  # fmt: skip
+            per_step = args.grad_accum * a["capture_ms"] + a["gram_ms"]
+            st[f"activations_{est}"] = {
+                **a,
+                "per_step_ms": per_step,
+                "to_step": per_step / (args.grad_accum * st["step_ms"]),
+            }
         report["step"] = st
     return report

@@ -46,6 +46,13 @@ def _print_table(rep: dict) -> None:
             f"({100 * s['reward_to_step_dense']:.2f}%), sketch {s['reward_sketch_ms']:.1f} ms "
             f"({100 * s['reward_to_step_sketch']:.2f}%)\n"
         )
+        for est in ("exact", "projected"):
+            a = s.get(f"activations_{est}")
+            if a:
+                out.write(
+                    f"mixed micro-batches, activation capture ({est}): {a['per_step_ms']:.1f} ms per step "
+                    f"({100 * a['to_step']:.2f}%), buffer {a['buffer_bytes'] / 2**20:.2f} MiB\n"
+                )
 
 
 def _sketch_width(text: str) -> int:
@@ -118,6 +125,7 @@ def register(sub) -> None:
     p.add_argument("--D", type=positive_int, default=22, help="domains")
     p.add_argument("--P", type=positive_int, nargs="+", default=[4_194_304], help="selected elements (several allowed)")
     p.add_argument("--k", type=_sketch_width, default=16384, help="count-sketch width (a multiple of 8)")
+    p.add_argument("--rank", type=positive_int, default=64, help="r of the Kronecker-projected activation capture")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="gradient dtype")
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", choices=["torch", "ext", "both"], default="both")
