@@ -28,6 +28,9 @@ def _run(tmp_path, *extra):
     out = tmp_path / f"rep{len(list(tmp_path.iterdir()))}.json"
     args = ["bench-data", "--scale", "0.00005", "--steps", "20", "--json", str(out), *extra]
     assert main(args) == 0
+    import torch.distributed as dist
+
+    assert not dist.is_initialized(), "bench-data left its process group behind"
     return json.loads(out.read_text())
 
 

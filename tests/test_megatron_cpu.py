@@ -251,12 +251,16 @@ def test_megatron_lm_two_ranks(work, name, parallel, resume):
 
 @pytest.mark.parametrize(
     "name,parallel,resume",
-    [("mixed_dp2", [], True), ("mixed_tp2", ["--tensor-model-parallel-size", "2"], False)],
+    [
+        ("mixed_dp2", [], True),
+        ("mixed_tp2", ["--tensor-model-parallel-size", "2"], False),
+        ("mixed_pp2", ["--pipeline-model-parallel-size", "2"], True),
+    ],
 )
 def test_megatron_lm_mixed_micro_batches(work, name, parallel, resume):
     """sampling.granularity sample: every micro-batch mixes domains; per-sample losses come from
     Megatron's per-token losses, gradients from activations (Kronecker-projected, each TP shard
-    its own projection); no observed layer is unfused; DP 2 resumes bit-identically."""
+    its own projection); no observed layer is unfused; DP 2 and PP 2 resume bit-identically."""
     log = train(work, name, "--save", str(work / f"ck_{name}"), *parallel, config="acodm_mixed.yml")
     assert "projected, activations" in log and "fused wgrad accumulation stays on except" not in log
     tb = check_run(work, name, log)

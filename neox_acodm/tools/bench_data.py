@@ -113,22 +113,30 @@ def build_megatron(prefixes, weights, num_samples, seq_len: int, seed: int, cach
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
     from megatron.core.tokenizers import MegatronTokenizer
 
-    if not dist.is_initialized():  # megatron-core's blend index asks for the rank: a one-process group
+    own_group = not dist.is_initialized()
+    if own_group:  # megatron-core's blend index asks for the rank: a one-process group, for this call
         dist.init_process_group("gloo", init_method=f"file://{cache.parent / '.pg'}", rank=0, world_size=1)
-    logging.getLogger("megatron.core").setLevel(logging.WARNING)
-    tok = MegatronTokenizer.from_pretrained(metadata_path={"library": "null"}, vocab_size=65535)
-    common = dict(random_seed=seed, sequence_length=seq_len, tokenizer=tok, path_to_cache=str(cache))
-    common.update(reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False, mmap_bin_files=True)
-    t0 = time.perf_counter()
-    if blended:
-        cfg = GPTDatasetConfig(blend_per_split=[(list(prefixes), list(weights)), None, None], **common)
-        ds = BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, 0, 0], lambda: True, cfg).build()[0]
-        sizes = [len(d) for d in ds.datasets]
-    else:
-        sizes = []
-        for p in prefixes:
-            cfg = GPTDatasetConfig(blend_per_split=[([p], None), None, None], **common)
-            sizes.append(len(BlendedMegatronDatasetBuilder(GPTDataset, [None, 0, 0], lambda: True, cfg).build()[0]))
+    mlog = logging.getLogger("megatron.core")
+    level, _ = mlog.level, mlog.setLevel(logging.WARNING)
+    try:
+        tok = MegatronTokenizer.from_pretrained(metadata_path={"library": "null"}, vocab_size=65535)
+        common = dict(random_seed=seed, sequence_length=seq_len, tokenizer=tok, path_to_cache=str(cache))
+        common.update(reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False, mmap_bin_files=True)
+        t0 = time.perf_counter()
+        if blended:
+            cfg = GPTDatasetConfig(blend_per_split=[(list(prefixes), list(weights)), None, None], **common)
+            ds = BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, 0, 0], lambda: True, cfg).build()[0]
+            sizes = [len(d) for d in ds.datasets]
+        else:
+            sizes = []
+            for p in prefixes:
+                cfg = GPTDatasetConfig(blend_per_split=[([p], None), None, None], **common)
+                built = BlendedMegatronDatasetBuilder(GPTDataset, [None, 0, 0], lambda: True, cfg).build()
+                sizes.append(len(built[0]))
+    finally:
+        mlog.setLevel(level)
+        if own_group:
+            dist.destroy_process_group()
     return {"seconds": time.perf_counter() - t0, "index_bytes": _bytes(cache, "*.npy"), "samples": sizes}
 
 

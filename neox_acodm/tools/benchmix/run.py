@@ -92,7 +92,9 @@ def run_scenario(
 ) -> dict:
     """Train every (mixer, seed); returns the report (see ``report.write_report``)."""
     t_start = time.perf_counter()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(
+        min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    )
     size = size_of(sc, size_name)
     seeds = tuple(seeds or sc.seeds)
     mixers = tuple(mixers or sc.mixers)
