@@ -75,7 +75,10 @@ def summary_markdown(rep: dict) -> str:
         for m, row in rep["table"].items():
             cells = [_fmt_ci(row[k]) if k in row else "—" for k in ("vs_oracle_static", "vs_best_prior")]
             fl = row.get("floor")
-            cells.append("—" if fl is None else f"{fl['domain']}: {100 * fl['share']:.0f} % of steps")
+            if fl is None:
+                cells.append("—")
+            else:
+                cells.append(f"{fl['domain']}: {100 * fl['share']:.0f} % of steps" if fl["share"] > 0 else "none")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         if oracle:
             w = ", ".join(f"{d} {x:.3f}" for d, x in zip(rep["domains"], oracle["weights"]))
