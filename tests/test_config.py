@@ -150,7 +150,7 @@ def test_domains_can_come_from_one_shared_file(tmp_path):
 
     root = Path(__file__).resolve().parents[1] / "configs" / "acodm"
     cfgs = [load_config(f) for f in sorted(root.glob("*.yml"))]
-    assert len(cfgs) == 4 and all(c.domains == cfgs[0].domains and c.num_domains == 22 for c in cfgs)
+    assert len(cfgs) == 6 and all(c.domains == cfgs[0].domains and c.num_domains == 22 for c in cfgs)
     assert all(yaml.safe_load(f.read_text())["acodm"]["domains"] == "pile-22.yml" for f in root.glob("*.yml"))
     assert (DOMAIN_LISTS / "pile-22.yml").is_file()
     (tmp_path / "mine.yml").write_text("- {name: a}\n- {name: b}\n")  # a bare list, next to the block
