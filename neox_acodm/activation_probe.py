@@ -81,7 +81,11 @@ class ActivationProbe(ProbeBuffer):
                 r_o = torch.randn(rank, out_f, generator=gen) / rank**0.5
                 r_i = torch.randn(rank, in_f, generator=gen) / rank**0.5
                 self._proj.append((r_o.to(device), r_i.to(device)))
-        self._domains: torch.Tensor | None = None  # [G, b] this rank's sample domains
+        self._domains: torch.Tensor | None = None  # [G, b] this rank's sample domains (device)
+        # exact: per micro-batch, (domain, [b] sample mask on device), built on the host from the
+        # plan so the hot path never syncs the device to find the domains present
+        self._groups: list[list[tuple[int, torch.Tensor]]] = []
+        self._cast: dict = {}  # (layer, dtype) -> projections in the activations' dtype
         self._calls = [0] * len(modules)
         self._handles = [m.register_forward_hook(self._make_hook(k)) for k, m in enumerate(modules)]
 
@@ -91,10 +95,14 @@ class ActivationProbe(ProbeBuffer):
         if d.dim() != 2 or d.shape[1] != self.micro_batch:
             raise ValueError(f"sample domains must be [grad_accum, {self.micro_batch}], got {tuple(d.shape)}")
         self._domains = d.to(self.buffer.device)
+        if self.estimator == "exact":
+            dev = self.buffer.device
+            self._groups = [[(int(x), torch.as_tensor(row == x).to(dev)) for x in np.unique(row)] for row in d.numpy()]
         self._calls = [0] * len(self.modules)
 
     def _end_step(self) -> None:
         self._domains = None
+        self._groups = []
         self._calls = [0] * len(self.modules)
 
     # -- hot path ---------------------------------------------------------------------------
@@ -107,8 +115,8 @@ class ActivationProbe(ProbeBuffer):
             if n >= self._domains.shape[0]:
                 return None  # a forward outside the plan
             self._calls[k] = n + 1
-            x, doms = args[0].detach(), self._domains[n]
-            out.register_hook(lambda delta: self._capture(k, x, delta, doms))
+            x = args[0].detach()
+            out.register_hook(lambda delta: self._capture(k, x, delta, n))
             return None
 
         return forward_hook
@@ -118,7 +126,14 @@ class ActivationProbe(ProbeBuffer):
         t = t.transpose(0, 1) if self.batch_dim == 1 else t
         return t.reshape(t.shape[0], -1, t.shape[-1])
 
-    def _capture(self, k: int, x: torch.Tensor, delta: torch.Tensor, doms: torch.Tensor):
+    def _projections(self, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer k's [r, out] and [r, in] projections in ``dtype`` (converted once per dtype)."""
+        key = (k, dtype)
+        if key not in self._cast:
+            self._cast[key] = tuple(r.to(dtype) for r in self._proj[k])
+        return self._cast[key]
+
+    def _capture(self, k: int, x: torch.Tensor, delta: torch.Tensor, n: int):
         t0 = time.perf_counter()
         self.hook_calls += 1
         scale = self._scale * self.micro_batch
@@ -127,17 +142,17 @@ class ActivationProbe(ProbeBuffer):
         with torch.profiler.record_function("acodm/capture"):
             if self.estimator == "exact":
                 width = self.modules[k].weight.numel()
-                for d in torch.unique(doms).tolist():
-                    sel = doms == d
+                for d, sel in self._groups[n]:
                     g = ds[sel].reshape(-1, ds.shape[-1]).float().T @ xs[sel].reshape(-1, xs.shape[-1]).float()
                     self.buffer[d, off : off + width].add_(g.reshape(-1), alpha=scale)
             else:
-                r_o, r_i = self._proj[k]
-                a = (ds @ r_o.T.to(ds.dtype)).float()  # [b, T, r]
-                c = (xs @ r_i.T.to(xs.dtype)).float()  # [b, T, r]
+                r_o = self._projections(k, ds.dtype)[0]
+                r_i = self._projections(k, xs.dtype)[1]
+                a = (ds @ r_o.T).float()  # [b, T, r]
+                c = (xs @ r_i.T).float()  # [b, T, r]
                 s = torch.einsum("btr,btq->brq", a, c).reshape(a.shape[0], -1)  # [b, r*r]
                 r2 = self.rank * self.rank
-                self.buffer[:, off : off + r2].index_add_(0, doms, s, alpha=scale)
+                self.buffer[:, off : off + r2].index_add_(0, self._domains[n], s, alpha=scale)
         self.capture_seconds += time.perf_counter() - t0
         return None
 

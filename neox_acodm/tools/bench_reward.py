@@ -194,8 +194,8 @@ def activation_capture_ms(
     probe = ActivationProbe(mods, D, estimator, get_ops("torch", device), batch, batch_dim=1, rank=rank)
     x = torch.randn(seq, batch, 4 * hidden, device=device, dtype=dt)
     delta = torch.randn(seq, batch, hidden, device=device, dtype=dt)
-    doms = torch.randint(0, D, (batch,), device=device)
-    capture = _median_ms(lambda: [probe._capture(k, x, delta, doms) for k in range(3)], device, repeats)
+    probe.begin_step(torch.randint(0, D, (1, batch)).numpy())  # one mixed micro-batch
+    capture = _median_ms(lambda: [probe._capture(k, x, delta, 0) for k in range(3)], device, repeats)
     gram = _median_ms(lambda: probe.ops.gram(probe.buffer), device, repeats)
     probe.remove()
     return {"capture_ms": capture, "gram_ms": gram, "buffer_bytes": probe.memory_bytes()}
